@@ -1,0 +1,42 @@
+//! Command-line configuration of `fleetmig-controller`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Settings of one controller process.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "fleetmig-controller",
+    version,
+    about = "The fleetmig controller"
+)]
+pub struct Config {
+    /// Address to serve gRPC on (port 0 picks a free port; see --ready-file).
+    #[arg(long, env = "FLEETMIG_LISTEN", default_value = "127.0.0.1:7400")]
+    pub listen: SocketAddr,
+    /// Directory of the embedded store.
+    #[arg(
+        long,
+        env = "FLEETMIG_DATA_DIR",
+        default_value = "/var/lib/fleetmig/controller"
+    )]
+    pub data_dir: PathBuf,
+    /// File to write the bound address to once serving (written atomically).
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+    /// Interval between an idle worker's check-ins, in milliseconds.
+    #[arg(long, env = "FLEETMIG_CHECKIN_INTERVAL_MS", default_value_t = 60_000)]
+    pub checkin_interval_ms: u64,
+    /// A machine silent for this long with a job in flight has lost contact.
+    #[arg(long, env = "FLEETMIG_LEASE_MS", default_value_t = 30_000)]
+    pub lease_ms: u64,
+    /// Progress/heartbeat interval asked of running jobs, in milliseconds.
+    #[arg(long, default_value_t = 2_000)]
+    pub heartbeat_ms: u64,
+    /// Interval asked of storage nodes between capacity reports.
+    #[arg(long, default_value_t = 10_000)]
+    pub node_report_interval_ms: u32,
+    /// Seconds to let in-flight requests finish on shutdown.
+    #[arg(long, default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+}

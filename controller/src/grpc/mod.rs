@@ -1,0 +1,7 @@
+//! The gRPC edge: tonic adapters over [`crate::controller::Controller`] and
+//! the wire/domain conversions. Nothing else in the crate knows tonic.
+
+pub mod convert;
+pub mod operator;
+pub mod storage;
+pub mod worker;

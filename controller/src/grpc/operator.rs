@@ -1,0 +1,242 @@
+//! `OperatorService`: the thin tonic adapter for the CLI and dashboard.
+
+use super::convert;
+use crate::controller::Controller;
+use crate::model::Phase;
+use fleetmig_proto::v1::{self, operator_service_server::OperatorService};
+use std::pin::Pin;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+/// Serves operators.
+pub struct OperatorApi {
+    /// The controller this adapter serves.
+    pub controller: Controller,
+}
+
+fn actor(name: &str) -> String {
+    if name.is_empty() {
+        "operator:anonymous".into()
+    } else if name.starts_with("operator:") {
+        name.to_string()
+    } else {
+        format!("operator:{name}")
+    }
+}
+
+impl OperatorApi {
+    fn wave_summary(&self, name: &str) -> Result<v1::WaveSummary, Status> {
+        let status = self.controller.status(Some(name))?;
+        let view = status
+            .waves
+            .first()
+            .ok_or_else(|| Status::not_found(format!("unknown wave {name}")))?;
+        Ok(convert::wave_to_wire(view))
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<v1::Event, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl OperatorService for OperatorApi {
+    async fn validate_plan(
+        &self,
+        request: Request<v1::PlanRequest>,
+    ) -> Result<Response<v1::ValidatePlanResponse>, Status> {
+        let request = request.into_inner();
+        Ok(Response::new(
+            match self.controller.validate_plan(&request.source) {
+                Ok(plan) => v1::ValidatePlanResponse {
+                    valid: true,
+                    problems: Vec::new(),
+                    plan: plan.name,
+                    waves: plan
+                        .waves
+                        .iter()
+                        .map(|spec| v1::WaveSummary {
+                            name: spec.name.clone(),
+                            max_in_flight: spec.max_in_flight,
+                            state: "valid".into(),
+                            ..v1::WaveSummary::default()
+                        })
+                        .collect(),
+                },
+                Err(problems) => v1::ValidatePlanResponse {
+                    valid: false,
+                    problems: problems.iter().map(convert::problem_to_wire).collect(),
+                    plan: String::new(),
+                    waves: Vec::new(),
+                },
+            },
+        ))
+    }
+
+    async fn apply_plan(
+        &self,
+        request: Request<v1::PlanRequest>,
+    ) -> Result<Response<v1::ApplyPlanResponse>, Status> {
+        let request = request.into_inner();
+        let plan = self
+            .controller
+            .apply_plan(&request.source, &request.file_name, &actor("cli"))
+            .await?;
+        let waves = plan
+            .waves
+            .iter()
+            .map(|spec| self.wave_summary(&spec.name))
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(v1::ApplyPlanResponse {
+            plan: plan.name,
+            waves,
+        }))
+    }
+
+    async fn start_wave(
+        &self,
+        request: Request<v1::WaveRequest>,
+    ) -> Result<Response<v1::WaveResponse>, Status> {
+        let request = request.into_inner();
+        let wave = self
+            .controller
+            .start_wave(&request.wave, &actor(&request.actor))
+            .await?;
+        Ok(Response::new(v1::WaveResponse {
+            wave: Some(self.wave_summary(&wave.spec.name)?),
+        }))
+    }
+
+    async fn pause_wave(
+        &self,
+        request: Request<v1::WaveRequest>,
+    ) -> Result<Response<v1::WaveResponse>, Status> {
+        let request = request.into_inner();
+        let wave = self
+            .controller
+            .pause_wave(&request.wave, &actor(&request.actor))
+            .await?;
+        Ok(Response::new(v1::WaveResponse {
+            wave: Some(self.wave_summary(&wave.spec.name)?),
+        }))
+    }
+
+    async fn resume_wave(
+        &self,
+        request: Request<v1::WaveRequest>,
+    ) -> Result<Response<v1::WaveResponse>, Status> {
+        let request = request.into_inner();
+        let wave = self
+            .controller
+            .resume_wave(&request.wave, &actor(&request.actor))
+            .await?;
+        Ok(Response::new(v1::WaveResponse {
+            wave: Some(self.wave_summary(&wave.spec.name)?),
+        }))
+    }
+
+    async fn abort_wave(
+        &self,
+        request: Request<v1::WaveRequest>,
+    ) -> Result<Response<v1::WaveResponse>, Status> {
+        let request = request.into_inner();
+        let wave = self
+            .controller
+            .abort_wave(&request.wave, &actor(&request.actor))
+            .await?;
+        Ok(Response::new(v1::WaveResponse {
+            wave: Some(self.wave_summary(&wave.spec.name)?),
+        }))
+    }
+
+    async fn get_status(
+        &self,
+        request: Request<v1::StatusRequest>,
+    ) -> Result<Response<v1::StatusResponse>, Status> {
+        let request = request.into_inner();
+        let wave = (!request.wave.is_empty()).then_some(request.wave.as_str());
+        let status = self.controller.status(wave)?;
+        Ok(Response::new(v1::StatusResponse {
+            waves: status.waves.iter().map(convert::wave_to_wire).collect(),
+            jobs: status.jobs.iter().map(convert::job_to_wire).collect(),
+            machines: status.machines as u32,
+            storage_nodes: status.storage_nodes as u32,
+        }))
+    }
+
+    async fn list_machines(
+        &self,
+        request: Request<v1::ListMachinesRequest>,
+    ) -> Result<Response<v1::ListMachinesResponse>, Status> {
+        let request = request.into_inner();
+        let wave = (!request.wave.is_empty()).then_some(request.wave.as_str());
+        let phase = if request.state.is_empty() {
+            None
+        } else {
+            Some(Phase::parse(&request.state).ok_or_else(|| {
+                Status::invalid_argument(format!("unknown state {:?}", request.state))
+            })?)
+        };
+        let machines = self.controller.machines(wave, phase)?;
+        Ok(Response::new(v1::ListMachinesResponse {
+            machines: machines.iter().map(convert::machine_to_wire).collect(),
+        }))
+    }
+
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(
+        &self,
+        request: Request<v1::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let request = request.into_inner();
+        let wave = request.wave;
+        // Subscribe before replaying so nothing falls between the two.
+        let mut live = self.controller.subscribe();
+        let replay = if request.replay {
+            self.controller
+                .audit_log((!wave.is_empty()).then_some(wave.as_str()))
+                .await?
+        } else {
+            Vec::new()
+        };
+        let (sender, receiver) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            let mut last_seq = 0;
+            for event in replay {
+                last_seq = event.seq;
+                if sender
+                    .send(Ok(convert::event_to_wire(&event)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            loop {
+                let event = match live.recv().await {
+                    Ok(event) => event,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        let _ = sender
+                            .send(Err(Status::data_loss(format!(
+                                "event stream fell {missed} events behind; reconnect with replay"
+                            ))))
+                            .await;
+                        return;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                if event.seq <= last_seq || !(wave.is_empty() || wave == event.wave) {
+                    continue;
+                }
+                if sender
+                    .send(Ok(convert::event_to_wire(&event)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        let stream: EventStream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver));
+        Ok(Response::new(stream))
+    }
+}

@@ -1,0 +1,28 @@
+//! The fleetmig controller: inventory of machines, migration plans, waves,
+//! the job state machine, and the operator API.
+//!
+//! Layout: [`store`] is the durable key-value layer (embedded redb; etcd
+//! later); [`controller::Controller`] holds the service logic and its
+//! in-memory [`registry`]; [`scheduler`] admits jobs; [`grpc`] is the thin
+//! tonic edge. [`server::run`] wires it together for the binary.
+
+pub mod config;
+pub mod controller;
+pub mod error;
+pub mod grpc;
+pub mod keys;
+pub mod lifecycle;
+pub mod liveness;
+pub mod load;
+pub mod model;
+pub mod nodes;
+pub mod operations;
+pub mod plan;
+pub mod registry;
+pub mod scheduler;
+pub mod server;
+pub mod store;
+
+pub use config::Config;
+pub use controller::{Controller, ControllerSettings};
+pub use error::{Error, Result};

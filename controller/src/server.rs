@@ -1,0 +1,113 @@
+//! Wiring: open the store, load the controller, serve gRPC, run the
+//! scheduler, and shut all of it down on one cancellation token.
+
+use crate::config::Config;
+use crate::controller::{Controller, ControllerSettings};
+use crate::error::{Error, Result};
+use crate::grpc::{operator::OperatorApi, storage::StorageRegistryApi, worker::WorkerApi};
+use crate::store::EmbeddedStore;
+use fleetmig_proto::v1::{
+    operator_service_server::OperatorServiceServer, storage_registry_server::StorageRegistryServer,
+    worker_service_server::WorkerServiceServer,
+};
+use fleetmig_proto::{MAX_CONCURRENT_STREAMS, MAX_CONTROL_MESSAGE_BYTES};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Writes `contents` to `path` atomically (temp file, fsync, rename).
+pub fn write_atomically(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Runs a controller until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|err| Error::StoreIo {
+        path: config.data_dir.display().to_string(),
+        message: err.to_string(),
+    })?;
+    let store = Arc::new(EmbeddedStore::open(&config.data_dir)?);
+    let settings = ControllerSettings {
+        checkin_interval: Duration::from_millis(config.checkin_interval_ms.max(50)),
+        lease: Duration::from_millis(config.lease_ms.max(100)),
+        heartbeat_interval: Duration::from_millis(config.heartbeat_ms.max(50)),
+        ..ControllerSettings::default()
+    };
+    let controller = Controller::open(store, settings).await?;
+    let listener = TcpListener::bind(config.listen).await.map_err(|err| {
+        Error::InvalidArgument(format!("cannot listen on {}: {err}", config.listen))
+    })?;
+    let local = listener
+        .local_addr()
+        .map_err(|err| Error::InvalidArgument(format!("listener address: {err}")))?;
+    serve(controller, listener, &config, shutdown)
+        .await
+        .map(|_| {
+            tracing::info!(%local, "controller stopped");
+        })
+}
+
+/// Serves `controller` on an already bound `listener`.
+pub async fn serve(
+    controller: Controller,
+    listener: TcpListener,
+    config: &Config,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let local = listener
+        .local_addr()
+        .map_err(|err| Error::InvalidArgument(format!("listener address: {err}")))?;
+    let tasks = TaskTracker::new();
+    tasks.spawn(controller.clone().run_scheduler(shutdown.clone()));
+
+    let worker = WorkerServiceServer::new(WorkerApi {
+        controller: controller.clone(),
+    })
+    .max_decoding_message_size(MAX_CONTROL_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_CONTROL_MESSAGE_BYTES);
+    let operator = OperatorServiceServer::new(OperatorApi {
+        controller: controller.clone(),
+    })
+    .max_decoding_message_size(MAX_CONTROL_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_CONTROL_MESSAGE_BYTES);
+    let storage = StorageRegistryServer::new(StorageRegistryApi {
+        controller: controller.clone(),
+        report_interval_ms: config.node_report_interval_ms,
+    })
+    .max_decoding_message_size(MAX_CONTROL_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_CONTROL_MESSAGE_BYTES);
+
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    let server_shutdown = shutdown.clone();
+    let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .tcp_nodelay(true)
+        .add_service(worker)
+        .add_service(operator)
+        .add_service(storage)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            server_shutdown.cancelled().await;
+        });
+    if let Some(path) = &config.ready_file {
+        write_atomically(path, &format!("{local}\n")).map_err(|err| {
+            Error::InvalidArgument(format!("cannot write ready file {}: {err}", path.display()))
+        })?;
+    }
+    tracing::info!(%local, epoch = controller.epoch(), "controller serving");
+    let result = server.await;
+    tasks.close();
+    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+        tracing::warn!("background tasks did not stop within the grace period");
+    }
+    result.map_err(|err| Error::StoreUnavailable(format!("grpc server failed: {err}")))
+}

@@ -1,0 +1,303 @@
+//! The node registers with a (fake) controller, reports capacity, answers
+//! `GetCapacity`, and re-registers when the controller forgets it.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fleetmig_proto::v1::storage_node_client::StorageNodeClient;
+use fleetmig_proto::v1::storage_registry_server::{StorageRegistry, StorageRegistryServer};
+use fleetmig_proto::v1::{
+    CapacityAck, CapacityReport, GetCapacityRequest, RegisterNodeRequest, RegisterNodeResponse,
+};
+use fleetmig_storage_node::{Config, Error};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// What the fake controller saw.
+#[derive(Debug)]
+enum Seen {
+    Register(RegisterNodeRequest),
+    Report(CapacityReport),
+}
+
+/// Scripted failures of the fake controller.
+#[derive(Debug, Default)]
+struct Script {
+    /// Registrations to answer with `Unavailable` before accepting one.
+    unavailable_registrations: u32,
+    /// Registrations to answer with `InvalidArgument`.
+    refuse_registrations: bool,
+    /// Capacity reports to answer with `NotFound`.
+    forget_reports: u32,
+}
+
+#[derive(Clone)]
+struct FakeRegistry {
+    script: Arc<Mutex<Script>>,
+    seen: mpsc::UnboundedSender<Seen>,
+}
+
+#[tonic::async_trait]
+impl StorageRegistry for FakeRegistry {
+    async fn register_node(
+        &self,
+        request: Request<RegisterNodeRequest>,
+    ) -> Result<Response<RegisterNodeResponse>, Status> {
+        let _ = self.seen.send(Seen::Register(request.into_inner()));
+        let mut script = self.script.lock().expect("script lock");
+        if script.refuse_registrations {
+            return Err(Status::invalid_argument("site is not configured"));
+        }
+        if script.unavailable_registrations > 0 {
+            script.unavailable_registrations -= 1;
+            return Err(Status::unavailable("controller is starting"));
+        }
+        Ok(Response::new(RegisterNodeResponse {
+            report_interval_ms: 50,
+        }))
+    }
+
+    async fn report_capacity(
+        &self,
+        request: Request<CapacityReport>,
+    ) -> Result<Response<CapacityAck>, Status> {
+        let _ = self.seen.send(Seen::Report(request.into_inner()));
+        let mut script = self.script.lock().expect("script lock");
+        if script.forget_reports > 0 {
+            script.forget_reports -= 1;
+            return Err(Status::not_found("unknown storage node"));
+        }
+        Ok(Response::new(CapacityAck {}))
+    }
+}
+
+/// A fake controller and a storage node pointed at it.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    config: Config,
+    seen: mpsc::UnboundedReceiver<Seen>,
+    controller_shutdown: CancellationToken,
+    node_shutdown: CancellationToken,
+    node: tokio::task::JoinHandle<fleetmig_storage_node::Result<()>>,
+    node_addr: std::net::SocketAddr,
+}
+
+impl Fixture {
+    async fn start(script: Script) -> Self {
+        let (seen_tx, seen) = mpsc::unbounded_channel();
+        let registry = FakeRegistry {
+            script: Arc::new(Mutex::new(script)),
+            seen: seen_tx,
+        };
+        let controller_listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind controller");
+        let controller_addr = controller_listener.local_addr().expect("controller addr");
+        let controller_shutdown = CancellationToken::new();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(StorageRegistryServer::new(registry))
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(controller_listener),
+                    controller_shutdown.clone().cancelled_owned(),
+                ),
+        );
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::new(
+            dir.path().join("storage"),
+            format!("http://{controller_addr}"),
+        );
+        config.site = "hq".to_owned();
+        config.ready_file = Some(dir.path().join("storage.addr"));
+        config.shutdown_grace_ms = Duration::from_secs(2);
+
+        let node_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind node");
+        let node_addr = node_listener.local_addr().expect("node addr");
+        let node_shutdown = CancellationToken::new();
+        let node = tokio::spawn(fleetmig_storage_node::serve(
+            config.clone(),
+            node_listener,
+            node_shutdown.clone(),
+        ));
+        Self {
+            _dir: dir,
+            config,
+            seen,
+            controller_shutdown,
+            node_shutdown,
+            node,
+            node_addr,
+        }
+    }
+
+    async fn next_seen(&mut self) -> Seen {
+        tokio::time::timeout(WAIT, self.seen.recv())
+            .await
+            .expect("the fake controller heard from the node in time")
+            .expect("fake controller still running")
+    }
+
+    async fn next_registration(&mut self) -> RegisterNodeRequest {
+        match self.next_seen().await {
+            Seen::Register(request) => request,
+            Seen::Report(report) => panic!("expected a registration, got report {report:?}"),
+        }
+    }
+
+    async fn next_report(&mut self) -> CapacityReport {
+        match self.next_seen().await {
+            Seen::Report(report) => report,
+            Seen::Register(request) => panic!("expected a report, got registration {request:?}"),
+        }
+    }
+
+    fn node_id(&self) -> String {
+        std::fs::read_to_string(self.config.data_dir.join("node-id"))
+            .expect("node-id written")
+            .trim()
+            .to_owned()
+    }
+
+    async fn stop_node(&mut self) -> fleetmig_storage_node::Result<()> {
+        self.node_shutdown.cancel();
+        tokio::time::timeout(WAIT, &mut self.node)
+            .await
+            .expect("node stops in time")
+            .expect("node task did not panic")
+    }
+
+    /// Starts a new node process-equivalent on the same data directory.
+    async fn restart_node(&mut self) {
+        self.stop_node().await.expect("clean shutdown");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind node");
+        self.node_addr = listener.local_addr().expect("node addr");
+        self.node_shutdown = CancellationToken::new();
+        self.node = tokio::spawn(fleetmig_storage_node::serve(
+            self.config.clone(),
+            listener,
+            self.node_shutdown.clone(),
+        ));
+    }
+
+    async fn stop(mut self) -> fleetmig_storage_node::Result<()> {
+        let result = self.stop_node().await;
+        self.controller_shutdown.cancel();
+        result
+    }
+}
+
+async fn wait_for_file(path: &std::path::Path) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn registers_after_retries_then_reports_capacity() {
+    let mut fixture = Fixture::start(Script {
+        unavailable_registrations: 2,
+        ..Script::default()
+    })
+    .await;
+    let ready_file = fixture.config.ready_file.clone().expect("ready file set");
+    let ready = wait_for_file(&ready_file).await;
+    assert_eq!(ready, format!("{}\n", fixture.node_addr));
+
+    for attempt in 0..3 {
+        let request = fixture.next_registration().await;
+        assert_eq!(request.site, "hq", "attempt {attempt}");
+        assert_eq!(request.endpoint, format!("http://{}", fixture.node_addr));
+        assert_eq!(request.node_id, fixture.node_id());
+        let capacity = request.capacity.expect("registration carries capacity");
+        assert!(capacity.total_bytes > 0);
+        assert!(capacity.accepting_captures);
+    }
+    for _ in 0..2 {
+        let report = fixture.next_report().await;
+        assert_eq!(report.node_id, fixture.node_id());
+        assert!(report.free_bytes <= report.total_bytes);
+    }
+
+    let mut client = StorageNodeClient::connect(format!("http://{}", fixture.node_addr))
+        .await
+        .expect("connect to node");
+    let capacity = client
+        .get_capacity(GetCapacityRequest {})
+        .await
+        .expect("GetCapacity")
+        .into_inner();
+    assert_eq!(capacity.node_id, fixture.node_id());
+    assert!(capacity.total_bytes > 0);
+    assert!(capacity.accepting_captures);
+    assert_eq!(capacity.active_sessions, 0);
+
+    fixture.stop().await.expect("clean shutdown");
+    assert!(!ready_file.exists(), "ready file removed on shutdown");
+}
+
+#[tokio::test]
+async fn registers_again_when_the_controller_forgets_the_node() {
+    let mut fixture = Fixture::start(Script {
+        forget_reports: 1,
+        ..Script::default()
+    })
+    .await;
+    let first = fixture.next_registration().await;
+    let forgotten = fixture.next_report().await;
+    assert_eq!(forgotten.node_id, first.node_id);
+    let second = fixture.next_registration().await;
+    assert_eq!(
+        second.node_id, first.node_id,
+        "same node id after re-registering"
+    );
+    fixture.next_report().await;
+    fixture.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn a_refused_registration_stops_the_node() {
+    let mut fixture = Fixture::start(Script {
+        refuse_registrations: true,
+        ..Script::default()
+    })
+    .await;
+    fixture.next_registration().await;
+    let result = tokio::time::timeout(WAIT, &mut fixture.node)
+        .await
+        .expect("node stops by itself")
+        .expect("node task did not panic");
+    let err = result.expect_err("registration refused");
+    assert!(matches!(err, Error::RegistrationRefused { .. }), "{err}");
+    assert!(err.to_string().contains("site is not configured"), "{err}");
+}
+
+#[tokio::test]
+async fn keeps_its_node_id_across_restarts() {
+    let mut fixture = Fixture::start(Script::default()).await;
+    let first = fixture.next_registration().await;
+    fixture.restart_node().await;
+    let second = loop {
+        // Reports of the first run may still be in flight.
+        if let Seen::Register(request) = fixture.next_seen().await {
+            break request;
+        }
+    };
+    assert_eq!(second.node_id, first.node_id);
+    assert_eq!(second.endpoint, format!("http://{}", fixture.node_addr));
+    fixture.stop().await.expect("clean shutdown");
+}
