@@ -1,0 +1,81 @@
+//! The worker's error type.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the worker, in its caller's terms.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The offline state engine failed (capture, verify, restore, reimage).
+    #[error(transparent)]
+    State(#[from] fleetmig_state::Error),
+    /// A local file of the agent could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The agent's own state file is unreadable.
+    #[error("agent state {path} is unreadable: {reason}")]
+    AgentState {
+        /// The file involved.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The controller could not be reached or answered with an error.
+    #[error("controller: {0}")]
+    Controller(#[from] tonic::Status),
+    /// The controller URL is malformed.
+    #[error("bad controller url {url}: {reason}")]
+    BadUrl {
+        /// The URL given.
+        url: String,
+        /// Why it is unusable.
+        reason: String,
+    },
+    /// The controller handed over an assignment the worker cannot run.
+    #[error("assignment {job_id}: {reason}")]
+    BadAssignment {
+        /// The job.
+        job_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// A verification found the captured or restored state inconsistent.
+    #[error("verification of {what} failed: {details}")]
+    VerificationFailed {
+        /// What was verified (store, restore).
+        what: &'static str,
+        /// The first mismatches.
+        details: String,
+    },
+    /// The external reimage command failed.
+    #[error("reimage command {command:?} failed: {reason}")]
+    ReimageHook {
+        /// The command line.
+        command: String,
+        /// Exit status or spawn error.
+        reason: String,
+    },
+    /// The job was taken over by another worker session (stale fence).
+    #[error("job {0} now belongs to another worker session")]
+    Superseded(String),
+    /// The worker is shutting down.
+    #[error("shutting down")]
+    Shutdown,
+}
+
+/// Result alias for the worker.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wraps an I/O error with the path involved.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! The fleetmig worker: the agent that runs on each client machine
+//! (enroll, check in, capture, reimage hook, restore, verify), plus the
+//! simulation tools used by demos and tests.
+//!
+//! The user-state work itself is the synchronous `fleetmig-state` engine,
+//! always run on the blocking pool; this crate adds the controller
+//! protocol, the journal that survives crashes and reimages, and telemetry.
+
+pub mod agent;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod hook;
+pub mod identity;
+pub mod refresh;
+pub mod telemetry;
+
+pub use error::{Error, Result};
