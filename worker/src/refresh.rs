@@ -65,9 +65,11 @@ pub async fn run(ctx: &JobContext, hook: &ReimageHook) -> Result<()> {
         phase = JobPhase::Captured;
     }
     if phase == JobPhase::Captured {
-        // The store may have sat here across a crash: check it again
-        // before anything destructive.
-        verify_store(ctx, &root, &store).await?;
+        if ctx.phase == JobPhase::Captured {
+            // Resumed after a crash: the store sat here unattended, so check
+            // it again before anything destructive.
+            verify_store(ctx, &root, &store).await?;
+        }
         phase = ctx.enter(JobPhase::Reimaging).await?;
     }
     if phase == JobPhase::Reimaging {
@@ -239,7 +241,15 @@ async fn verify_and_release(
         });
     }
     let store_dir: PathBuf = store.to_path_buf();
-    blocking(move || Ok(fleetmig_state::delete_store(&store_dir)?)).await?;
+    blocking(move || {
+        fleetmig_state::delete_store(&store_dir)?;
+        // Leave no empty StateStore folder behind on the new OS.
+        if let Some(parent) = store_dir.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+        Ok(())
+    })
+    .await?;
     ctx.record(
         "store.deleted",
         serde_json::to_string(&record).expect("record serializes"),
