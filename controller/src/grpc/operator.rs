@@ -25,6 +25,16 @@ fn actor(name: &str) -> String {
 }
 
 impl OperatorApi {
+    fn wave_response(
+        &self,
+        wave: crate::Result<crate::model::Wave>,
+    ) -> Result<Response<v1::WaveResponse>, Status> {
+        let wave = wave?;
+        Ok(Response::new(v1::WaveResponse {
+            wave: Some(self.wave_summary(&wave.spec.name)?),
+        }))
+    }
+
     fn wave_summary(&self, name: &str) -> Result<v1::WaveSummary, Status> {
         let status = self.controller.status(Some(name))?;
         let view = status
@@ -99,11 +109,10 @@ impl OperatorService for OperatorApi {
         let wave = self
             .controller
             .start_wave(&request.wave, &actor(&request.actor))
-            .await?;
-        Ok(Response::new(v1::WaveResponse {
-            wave: Some(self.wave_summary(&wave.spec.name)?),
-        }))
+            .await;
+        self.wave_response(wave)
     }
+
 
     async fn pause_wave(
         &self,
@@ -113,11 +122,10 @@ impl OperatorService for OperatorApi {
         let wave = self
             .controller
             .pause_wave(&request.wave, &actor(&request.actor))
-            .await?;
-        Ok(Response::new(v1::WaveResponse {
-            wave: Some(self.wave_summary(&wave.spec.name)?),
-        }))
+            .await;
+        self.wave_response(wave)
     }
+
 
     async fn resume_wave(
         &self,
@@ -127,11 +135,10 @@ impl OperatorService for OperatorApi {
         let wave = self
             .controller
             .resume_wave(&request.wave, &actor(&request.actor))
-            .await?;
-        Ok(Response::new(v1::WaveResponse {
-            wave: Some(self.wave_summary(&wave.spec.name)?),
-        }))
+            .await;
+        self.wave_response(wave)
     }
+
 
     async fn abort_wave(
         &self,
@@ -141,11 +148,10 @@ impl OperatorService for OperatorApi {
         let wave = self
             .controller
             .abort_wave(&request.wave, &actor(&request.actor))
-            .await?;
-        Ok(Response::new(v1::WaveResponse {
-            wave: Some(self.wave_summary(&wave.spec.name)?),
-        }))
+            .await;
+        self.wave_response(wave)
     }
+
 
     async fn get_status(
         &self,
