@@ -73,6 +73,12 @@ pub async fn run(ctx: &JobContext, hook: &ReimageHook) -> Result<()> {
         phase = ctx.enter(JobPhase::Reimaging).await?;
     }
     if phase == JobPhase::Reimaging {
+        if ctx.phase == JobPhase::Reimaging {
+            // Resumed mid-reimage: the hook runs again, so the store it must
+            // preserve is checked again first (originals may already be gone;
+            // the store's own links must not be).
+            verify_store(ctx, &root, &store).await?;
+        }
         ctx.record("reimage.start", String::new())?;
         ctx.set_phase(JobPhase::Reimaging);
         hook.run(&root, &store).await?;

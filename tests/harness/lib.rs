@@ -1,0 +1,30 @@
+//! Test harness for fleetmig's multi-process integration tests.
+//!
+//! The tests in `tests/main.rs` start the real binaries (`fleetmig-controller`,
+//! `fleetmig-worker`, ...) from the target directory as separate processes, in a
+//! [`Cluster`] with its own temporary directory, and drive them through the operator
+//! API. Nothing here sleeps for a fixed time: [`wait_for`] polls a condition until it
+//! holds or a timeout passes, and then fails with what it last saw.
+//!
+//! The binaries must be built first: `cargo build --workspace --bins` (scripts/test.sh
+//! does it).
+
+mod checks;
+mod cluster;
+mod journal;
+mod machine;
+mod operator;
+mod process;
+mod store;
+
+pub use checks::{
+    JobTransitions, REFRESH_PHASES, Transition, assert_each_phase_once, assert_refreshed,
+    assert_single_reimage, describe_events, describe_jobs, describe_journal, job,
+    job_ids_by_hostname, job_transitions, phase_of,
+};
+pub use cluster::{Cluster, ControllerHandle, WorkerHandle};
+pub use journal::{JournalEntry, journal_path, read_journal};
+pub use machine::{MachineSnapshot, source_inodes, temp_file_names};
+pub use operator::{refresh_plan, wait_for};
+pub use process::{ChildProcess, bin, log_tail};
+pub use store::{StoreInspection, inspect_store, store_dir};

@@ -1,0 +1,7 @@
+//! Multi-process integration tests: the real controller and worker binaries on
+//! generated machines, driven through the operator API. The harness is the
+//! `fleetmig-tests` library (harness/). Build the binaries first:
+//! `cargo build --workspace --bins` (scripts/test.sh does).
+
+mod recovery;
+mod refresh;
