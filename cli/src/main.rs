@@ -18,7 +18,7 @@ async fn main() -> ExitCode {
     init_tracing(cli.verbose);
 
     let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_ctrl_c(shutdown.clone()));
+    tokio::spawn(fleetmig_runtime::watch_signals(shutdown.clone()));
 
     match commands::run(cli, shutdown).await {
         Ok(code) => code,
@@ -38,36 +38,5 @@ fn init_tracing(verbose: u8) {
         1 => "info",
         _ => "debug",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-}
-
-/// The first Ctrl-C (or SIGTERM) asks the running command to stop cleanly
-/// (the demo then stops its child processes); a second one exits at once.
-async fn cancel_on_ctrl_c(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut terminate), Ok(mut interrupt)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::warn!("cannot listen for signals; Ctrl-C will not stop cleanly");
-        return;
-    };
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
-    }
-    shutdown.cancel();
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
-    }
-    eprintln!("interrupted twice; exiting now");
-    std::process::exit(130);
+    fleetmig_runtime::init_tracing(default);
 }

@@ -115,6 +115,18 @@ pub enum Error {
         /// What differs.
         reason: String,
     },
+    /// A rules file is not well-formed XML or not a USMT `<migration>` document.
+    #[error("rules file {file}:{line}:{column}: {message}")]
+    RulesXml {
+        /// The rules file as named by the caller.
+        file: String,
+        /// 1-based line of the problem.
+        line: u32,
+        /// 1-based column of the problem.
+        column: u32,
+        /// What is wrong.
+        message: String,
+    },
     /// A file name is not valid UTF-8 and cannot be recorded in the manifest.
     #[error("file name of {path} is not valid utf-8")]
     NonUtf8Name {

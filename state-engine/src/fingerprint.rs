@@ -64,6 +64,9 @@ pub fn fingerprint_file(path: &Path) -> Result<FileFingerprint> {
 
 /// For every migratable file of every non-system profile of the XP machine at `root`: its
 /// Windows 7 target path (relative to the root, '/'-separated) and fingerprint.
+///
+/// Regular files only: symlinks are never followed and left out here (they are not file content;
+/// see [`expected_symlinks`]), and a file with several names appears once per migratable name.
 pub fn expected_after_refresh(root: &Path) -> Result<BTreeMap<String, FileFingerprint>> {
     expected_with(root, &Selection::default())
 }
@@ -73,8 +76,57 @@ pub fn expected_with(
     root: &Path,
     selection: &Selection,
 ) -> Result<BTreeMap<String, FileFingerprint>> {
+    migratable(root, selection, |kind| kind.is_file())?
+        .into_par_iter()
+        .map(|found| Ok((found.target, fingerprint_file(&found.path)?)))
+        .collect()
+}
+
+/// A symlink of an XP profile, as a refresh must treat it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SymlinkExpectation {
+    /// The link text.
+    pub text: String,
+    /// Whether it points outside its profile (lexically; absolute links always do). Such links
+    /// are recorded in the store but never recreated, and what they point to is never captured.
+    pub escapes: bool,
+}
+
+/// For every symlink in a migratable place of every non-system profile of the XP machine at
+/// `root`: its Windows 7 target path and what a refresh must do with it. A restored tree has
+/// the non-escaping ones at their target with the same text, and nothing at the others.
+pub fn expected_symlinks(root: &Path) -> Result<BTreeMap<String, SymlinkExpectation>> {
+    let links = migratable(root, &Selection::default(), |kind| kind.is_symlink())?;
+    links
+        .into_iter()
+        .map(|found| {
+            let text = fs::read_link(&found.path).at(&found.path)?;
+            let text = text.to_string_lossy().into_owned();
+            let escapes = crate::hardlink::symlink_escapes(&found.rel, &text);
+            Ok((found.target, SymlinkExpectation { text, escapes }))
+        })
+        .collect()
+}
+
+/// An entry of a profile that the selection migrates.
+struct Migratable {
+    /// Windows 7 target path relative to the machine root.
+    target: String,
+    /// Path relative to the XP profile, '/'-separated.
+    rel: String,
+    /// Where it is now.
+    path: std::path::PathBuf,
+}
+
+/// Entries of the given kind in migratable places of every non-system profile (no symlink is
+/// followed; excluded trees are not entered).
+fn migratable(
+    root: &Path,
+    selection: &Selection,
+    wanted: impl Fn(&fs::FileType) -> bool,
+) -> Result<Vec<Migratable>> {
     let profiles_dir = root.join(XP_PROFILES_DIR);
-    let mut files = Vec::new();
+    let mut found = Vec::new();
     for user in profile_names(&profiles_dir)? {
         let profile = profiles_dir.join(&user);
         let mut walk = walkdir::WalkDir::new(&profile)
@@ -93,18 +145,16 @@ pub fn expected_with(
                 }
                 continue;
             };
-            if entry.file_type().is_file() {
-                files.push((
-                    format!("{WIN7_PROFILES_DIR}/{user}/{mapped}"),
-                    entry.into_path(),
-                ));
+            if wanted(&entry.file_type()) {
+                found.push(Migratable {
+                    target: format!("{WIN7_PROFILES_DIR}/{user}/{mapped}"),
+                    rel: rel.to_owned(),
+                    path: entry.into_path(),
+                });
             }
         }
     }
-    files
-        .into_par_iter()
-        .map(|(target, path)| Ok((target, fingerprint_file(&path)?)))
-        .collect()
+    Ok(found)
 }
 
 /// Fingerprints of the given targets (relative to `root`) that exist as regular files.

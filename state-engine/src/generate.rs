@@ -3,6 +3,10 @@
 //! The same [`GenOptions`] always produce the same names, sizes, contents, modes and mtimes.
 //! Users, and content categories within a user, are generated in parallel with rayon; each
 //! category has its own seeded RNG so parallelism does not change the output.
+//!
+//! Knobs beyond [`GenOptions`] live in [`GenExtras`] (so `GenOptions` struct literals stay
+//! valid): the [nasty cases](nasty) every realistic profile gets, and an optional large sparse
+//! file.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -17,6 +21,7 @@ use crate::fsutil::is_empty_or_missing;
 use crate::layout::XP_PROFILES_DIR;
 
 mod content;
+pub mod nasty;
 
 use content::Writer;
 
@@ -45,6 +50,36 @@ impl Default for GenOptions {
     }
 }
 
+/// Below this many files per user, profiles get no [nasty cases](nasty) unless asked for, so
+/// tiny test machines keep an exact, small shape.
+pub const NASTY_MIN_FILES_PER_USER: u32 = 100;
+
+/// Generator knobs beyond [`GenOptions`]; the default is what [`generate_machine`] does.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenExtras {
+    /// Whether every profile gets the [nasty cases](nasty): unicode and whitespace names,
+    /// paths over 250 characters, empty directories, zero-byte, read-only and unreadable
+    /// (mode 000) files, a file with several names (hard links), and symlinks pointing inside
+    /// and outside the profile. `None` (the default) turns them on for machines of at least
+    /// [`NASTY_MIN_FILES_PER_USER`] files per user.
+    pub nasty: Option<bool>,
+    /// Size in bytes of a sparse file (`set_len`, no data written but a header and a footer)
+    /// in the first user's `My Documents/Virtual Machines/` ([`SPARSE_FILE`]). Off by default
+    /// so demo and test machines stay small and fast to fingerprint.
+    pub large_sparse: Option<u64>,
+}
+
+impl GenExtras {
+    /// Whether `opts` get the nasty cases.
+    pub fn nasty_for(&self, opts: &GenOptions) -> bool {
+        self.nasty
+            .unwrap_or(opts.files_per_user >= NASTY_MIN_FILES_PER_USER)
+    }
+}
+
+/// Profile-relative path of the sparse file of [`GenExtras::large_sparse`].
+pub const SPARSE_FILE: &str = "My Documents/Virtual Machines/Windows XP Mode.vhd";
+
 /// What was generated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GenReport {
@@ -68,8 +103,18 @@ const USER_NAMES: &[&str] = &[
     "mallory", "oscar", "peggy", "sybil", "trent", "victor", "walter", "yuki", "zoë",
 ];
 
-/// Generates an XP machine under `root`, which must be missing or empty.
+/// Generates an XP machine under `root`, which must be missing or empty, with the default
+/// [`GenExtras`].
 pub fn generate_machine(root: &Path, opts: &GenOptions) -> Result<GenReport> {
+    generate_machine_with(root, opts, &GenExtras::default())
+}
+
+/// [`generate_machine`] with explicit [`GenExtras`].
+pub fn generate_machine_with(
+    root: &Path,
+    opts: &GenOptions,
+    extras: &GenExtras,
+) -> Result<GenReport> {
     if !is_empty_or_missing(root)? {
         return Err(Error::NotEmpty {
             path: root.to_path_buf(),
@@ -93,7 +138,7 @@ pub fn generate_machine(root: &Path, opts: &GenOptions) -> Result<GenReport> {
     let per_user: Vec<(u64, u64)> = users
         .par_iter()
         .enumerate()
-        .map(|(index, user)| generate_user(root, opts, index as u64, user))
+        .map(|(index, user)| generate_user(root, opts, extras, index as u64, user))
         .collect::<Result<_>>()?;
     // After the users, so creating their profiles does not bump the system directories' mtimes.
     system.finish()?;
@@ -188,13 +233,14 @@ fn write_system(w: &mut Writer, root: &Path, hostname: &str) -> Result<()> {
 fn generate_user(
     root: &Path,
     opts: &GenOptions,
+    extras: &GenExtras,
     user_index: u64,
     user: &str,
 ) -> Result<(u64, u64)> {
     let profile = root.join(XP_PROFILES_DIR).join(user);
     let budget = opts.files_per_user as u64;
     let categories = content::CATEGORIES;
-    let writers: Vec<Writer> = categories
+    let mut writers: Vec<Writer> = categories
         .par_iter()
         .enumerate()
         .map(|(category_index, category)| {
@@ -206,6 +252,16 @@ fn generate_user(
             Ok(writer)
         })
         .collect::<Result<_>>()?;
+    // Its own writer and RNG, so turning the extras on or off leaves the other files unchanged.
+    let extra_seed = mix(opts.seed, user_index + 1, categories.len() as u64 + 1);
+    let mut extra = Writer::new(extra_seed, &profile);
+    if extras.nasty_for(opts) {
+        nasty::write(&mut extra, &profile)?;
+    }
+    if let Some(size) = extras.large_sparse.filter(|_| user_index == 0) {
+        extra.sparse(&profile.join(SPARSE_FILE), size)?;
+    }
+    writers.push(extra);
 
     // Directory mtimes last, deepest first, so file creation does not bump them again.
     let mut dirs: Vec<(PathBuf, i64)> = writers

@@ -17,9 +17,11 @@ pub mod manifest;
 pub mod progress;
 pub mod reimage;
 pub mod restore;
+pub mod rules;
+pub mod users;
 
 pub use error::{Error, Result};
-pub use generate::{GenOptions, GenReport, generate_machine};
+pub use generate::{GenExtras, GenOptions, GenReport, generate_machine, generate_machine_with};
 pub use hardlink::{
     CaptureOptions, CaptureReport, VerifyReport, capture, delete_store, verify_store,
 };
@@ -28,7 +30,10 @@ pub use layout::{Selection, map_profile_path};
 pub use manifest::{Entry, EntryKind, Manifest};
 pub use progress::{NoProgress, Phase, Progress, ProgressSink};
 pub use reimage::{ReimageReport, simulate_reimage};
-pub use restore::{RestoreOptions, RestoreReport, restore, verify_restore};
+pub use restore::{RestoreOptions, RestoreReport, restore, verify_restore, verify_restore_with};
+pub use users::{UserFilter, UserPattern};
 
+#[cfg(test)]
+mod nasty_tests;
 #[cfg(test)]
 mod pipeline_tests;

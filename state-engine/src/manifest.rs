@@ -24,6 +24,9 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 pub const SEAL_FILE: &str = "manifest.seal";
 /// Directory inside a store that holds the captured tree.
 pub const DATA_DIR: &str = "data";
+/// Directory under [`DATA_DIR`] holding machine-wide files (System-context rules), whose
+/// entries have an empty `user`.
+pub const SYSTEM_STORE_DIR: &str = "_system";
 
 /// What a manifest entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,7 +45,7 @@ pub enum EntryKind {
 pub struct Entry {
     /// File, directory or symlink.
     pub kind: EntryKind,
-    /// The profile (user name) it belongs to.
+    /// The profile (user name) it belongs to; empty for machine-wide files.
     pub user: String,
     /// Source path relative to the machine root, '/'-separated (`Documents and Settings/alice/...`).
     pub source: String,
@@ -215,7 +218,8 @@ impl Manifest {
     /// Checks everything restore relies on: the format version; user names are single plain
     /// components; `source`, `target` and `store` are relative, free of `..`, `.`, empty
     /// components and NUL; `target` lies under `Users/<user>/` and `store` under `data/<user>/`;
-    /// no two entries share a store path. Returns the first problem found.
+    /// for machine-wide entries (empty `user`), `store` lies under `data/_system/` and `target`
+    /// anywhere but `Windows/`, `_fleetmig/`, `StateStore/`; no two entries share a store path. Returns the first problem found.
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.format_version != FORMAT_VERSION {
             return Err(format!(
@@ -231,18 +235,38 @@ impl Manifest {
             if entry.user.contains('/') {
                 return Err(bad("user", &entry.user, "contains '/'".to_owned()));
             }
-            check_relative(&entry.user).map_err(|reason| bad("user", &entry.user, reason))?;
+            // An empty user marks a machine-wide (System-context rules) entry.
+            let system = entry.user.is_empty();
+            if !system {
+                check_relative(&entry.user).map_err(|reason| bad("user", &entry.user, reason))?;
+            }
             check_relative(&entry.source).map_err(|reason| bad("source", &entry.source, reason))?;
             check_relative(&entry.target).map_err(|reason| bad("target", &entry.target, reason))?;
             check_relative(&entry.store).map_err(|reason| bad("store", &entry.store, reason))?;
-            if !is_under(&entry.target, &[WIN7_PROFILES_DIR, &entry.user]) {
+            if system {
+                if !system_target_allowed(&entry.target) {
+                    return Err(bad(
+                        "target",
+                        &entry.target,
+                        "a system entry must not target Windows/, _fleetmig/ or StateStore/"
+                            .to_owned(),
+                    ));
+                }
+                if !is_under(&entry.store, &[DATA_DIR, SYSTEM_STORE_DIR]) {
+                    return Err(bad(
+                        "store",
+                        &entry.store,
+                        format!("not under {DATA_DIR}/{SYSTEM_STORE_DIR}"),
+                    ));
+                }
+            } else if !is_under(&entry.target, &[WIN7_PROFILES_DIR, &entry.user]) {
                 return Err(bad(
                     "target",
                     &entry.target,
                     format!("not under {WIN7_PROFILES_DIR}/{}", entry.user),
                 ));
             }
-            if !is_under(&entry.store, &[DATA_DIR, &entry.user]) {
+            if !system && !is_under(&entry.store, &[DATA_DIR, &entry.user]) {
                 return Err(bad(
                     "store",
                     &entry.store,
@@ -280,13 +304,28 @@ fn is_under(path: &str, prefix: &[&str]) -> bool {
     prefix.iter().all(|want| parts.next() == Some(want))
 }
 
-/// The store path of a captured profile path: `data/<user>/<rel>`.
+/// The store path of a captured profile path: `data/<user>/<rel>`; for machine-wide entries
+/// (`user` empty, `rel` relative to the machine root) `data/_system/<rel>`.
 pub fn store_path(user: &str, rel: &str) -> String {
+    let user = if user.is_empty() {
+        SYSTEM_STORE_DIR
+    } else {
+        user
+    };
     if rel.is_empty() {
         format!("{DATA_DIR}/{user}")
     } else {
         format!("{DATA_DIR}/{user}/{rel}")
     }
+}
+
+/// Whether a machine-wide entry may restore to `target` (relative, already checked): anywhere
+/// but under `Windows/`, `_fleetmig/` or `StateStore/` (compared case-insensitively).
+pub fn system_target_allowed(target: &str) -> bool {
+    let top = target.split('/').next().unwrap_or("");
+    !["Windows", "_fleetmig", "StateStore"]
+        .iter()
+        .any(|reserved| reserved.eq_ignore_ascii_case(top))
 }
 
 /// Joins a validated '/'-separated relative path onto a directory.
@@ -326,9 +365,11 @@ mod tests {
 
     #[test]
     fn round_trip_and_seal() {
+        // One sample: two calls may straddle a millisecond and differ in `created_unix_ms`.
+        let empty = sample(0);
         assert_eq!(
-            sample(0).to_json().unwrap(),
-            serde_json::to_vec(&sample(0)).unwrap()
+            empty.to_json().unwrap(),
+            serde_json::to_vec(&empty).unwrap()
         );
         let store = tempfile::tempdir().unwrap();
         let manifest = sample(3);

@@ -211,6 +211,7 @@ fn collisions_are_renamed_or_overwritten() {
     let opts = RestoreOptions {
         overwrite: true,
         users: vec!["bob".into()],
+        ..RestoreOptions::default()
     };
     let report = crate::restore(&store, &root, &opts, &NoProgress).unwrap();
     assert_eq!(report.overwritten, ["Users/bob/Documents/報告.txt"]);

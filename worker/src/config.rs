@@ -19,6 +19,25 @@ pub enum Command {
     /// Tools for simulated machines (demos and tests).
     #[command(subcommand)]
     Simulate(SimulateCommand),
+    /// Capture user state offline into a store, like USMT ScanState (no controller needed).
+    Scan(crate::offline::ScanArgs),
+    /// Restore a store into the Windows 7 layout and verify it, like USMT LoadState.
+    Load(crate::offline::LoadArgs),
+    /// Verify, list or delete a store, like USMT UsmtUtils.
+    #[command(subcommand)]
+    Store(crate::offline::StoreCommand),
+}
+
+impl Command {
+    /// The offline verb this command is, if it is one (run without an async runtime).
+    pub fn offline(&self) -> Option<crate::offline::Verb> {
+        match self {
+            Command::Scan(args) => Some(crate::offline::Verb::Scan(args.clone())),
+            Command::Load(args) => Some(crate::offline::Verb::Load(args.clone())),
+            Command::Store(command) => Some(crate::offline::Verb::Store(command.clone())),
+            Command::Agent(_) | Command::Simulate(_) => None,
+        }
+    }
 }
 
 /// Settings of the agent.
@@ -88,11 +107,52 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
+    use clap::{CommandFactory, Parser};
 
     #[test]
     fn command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn offline_verbs_parse() {
+        let cli = Cli::try_parse_from([
+            "fleetmig-worker",
+            "scan",
+            "--machine-root",
+            "/m",
+            "--store",
+            "/s",
+            "--hardlink",
+            "--user-exclude",
+            "*\\admin*",
+            "--user-exclude",
+            "CORP\\*",
+            "--user-exclude-older-than",
+            "90",
+        ])
+        .unwrap();
+        let Some(crate::offline::Verb::Scan(args)) = cli.command.offline() else {
+            panic!("not a scan");
+        };
+        assert_eq!(args.user_exclude, ["*\\admin*", "CORP\\*"]);
+        assert_eq!(args.user_exclude_older_than, Some(90));
+        let cli = Cli::try_parse_from([
+            "fleetmig-worker",
+            "load",
+            "--store",
+            "/s",
+            "--machine-root",
+            "/m",
+            "--user-map",
+            "alice=asmith",
+        ])
+        .unwrap();
+        let Some(crate::offline::Verb::Load(args)) = cli.command.offline() else {
+            panic!("not a load");
+        };
+        assert_eq!(args.user_map, [("alice".into(), "asmith".into())]);
+        assert!(Cli::try_parse_from(["fleetmig-worker", "store", "ls", "/s", "--json"]).is_ok());
     }
 
     #[test]

@@ -65,6 +65,24 @@ pub enum Error {
     /// The worker is shutting down.
     #[error("shutting down")]
     Shutdown,
+    /// An offline verb was given arguments it cannot work with.
+    #[error("bad arguments: {0}")]
+    BadArguments(String),
+    /// A directory given as a store is not one.
+    #[error(
+        "{0} is not a fleetmig store (no manifest.json, manifest.seal or data/ alone); refusing"
+    )]
+    NotAStore(PathBuf),
+    /// Not enough free space where a store is to be written.
+    #[error("not enough free space for store {path}: {needed} bytes needed, {available} available")]
+    OutOfSpace {
+        /// The store.
+        path: PathBuf,
+        /// Bytes the store is estimated to need.
+        needed: u64,
+        /// Bytes available on its filesystem.
+        available: u64,
+    },
 }
 
 /// Result alias for the worker.

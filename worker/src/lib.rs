@@ -5,6 +5,8 @@
 //! The user-state work itself is the synchronous `fleetmig-state` engine,
 //! always run on the blocking pool; this crate adds the controller
 //! protocol, the journal that survives crashes and reimages, and telemetry.
+//! The offline verbs ([`offline`]: `scan`, `load`, `store`) run the engine directly,
+//! without a controller or an async runtime.
 
 pub mod agent;
 pub mod client;
@@ -12,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod hook;
 pub mod identity;
+pub mod offline;
 pub mod refresh;
 pub mod telemetry;
 

@@ -1,23 +1,61 @@
 //! `fleetmig-worker`: the agent and the offline/simulation tools.
 
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
 use clap::Parser;
 use fleetmig_worker::config::{Cli, Command, SimulateCommand};
+use fleetmig_worker::offline::Code;
 use tokio_util::sync::CancellationToken;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let cli = Cli::parse();
-    match cli.command {
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            // Usage errors get the offline verbs' "bad arguments" code; --help/--version exit 0.
+            return if error.use_stderr() {
+                Code::BadArguments.into()
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let offline = cli.command.offline();
+    let terminal = std::io::stderr().is_terminal();
+    // On a terminal the offline verbs draw a progress bar; only warnings go between its frames.
+    let default_filter = if offline.is_some() && terminal {
+        "warn"
+    } else {
+        "info"
+    };
+    fleetmig_runtime::init_tracing(default_filter);
+    // Offline verbs are synchronous: they run without an async runtime.
+    if let Some(verb) = offline {
+        return fleetmig_worker::offline::run(&verb).into();
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("Error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("Error: {error:?}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The commands that need the async runtime: the agent and the simulation tools.
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Agent(config) => {
             let shutdown = CancellationToken::new();
-            spawn_signal_handler(shutdown.clone());
+            tokio::spawn(fleetmig_runtime::watch_signals(shutdown.clone()));
             fleetmig_worker::agent::run(config, shutdown).await?;
         }
         Command::Simulate(SimulateCommand::GenMachine {
@@ -49,30 +87,9 @@ async fn main() -> anyhow::Result<()> {
             .await??;
             tracing::info!(hostname = %report.hostname, removed = report.removed_entries, preserved = ?report.preserved, "machine reimaged");
         }
+        Command::Scan(_) | Command::Load(_) | Command::Store(_) => {
+            anyhow::bail!("offline verbs run without the async runtime")
+        }
     }
     Ok(())
-}
-
-/// First SIGINT/SIGTERM stops gracefully; a second exits at once.
-fn spawn_signal_handler(shutdown: CancellationToken) {
-    tokio::spawn(async move {
-        let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        else {
-            tracing::error!("cannot listen for SIGTERM");
-            return;
-        };
-        for round in 0..2 {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            if round == 0 {
-                tracing::info!("stopping; signal again to exit at once");
-                shutdown.cancel();
-            } else {
-                std::process::exit(130);
-            }
-        }
-    });
 }

@@ -113,7 +113,6 @@ impl OperatorService for OperatorApi {
         self.wave_response(wave)
     }
 
-
     async fn pause_wave(
         &self,
         request: Request<v1::WaveRequest>,
@@ -125,7 +124,6 @@ impl OperatorService for OperatorApi {
             .await;
         self.wave_response(wave)
     }
-
 
     async fn resume_wave(
         &self,
@@ -139,7 +137,6 @@ impl OperatorService for OperatorApi {
         self.wave_response(wave)
     }
 
-
     async fn abort_wave(
         &self,
         request: Request<v1::WaveRequest>,
@@ -151,7 +148,6 @@ impl OperatorService for OperatorApi {
             .await;
         self.wave_response(wave)
     }
-
 
     async fn get_status(
         &self,

@@ -134,6 +134,52 @@ impl Writer {
         Ok(())
     }
 
+    /// Adds `link` as a second name of the existing file `existing` (one inode, two names).
+    pub(super) fn hard_link(&mut self, existing: &Path, link: &Path) -> Result<()> {
+        if let Some(parent) = link.parent() {
+            self.dir(parent)?;
+        }
+        fs::hard_link(existing, link).at(link)?;
+        self.files += 1;
+        Ok(())
+    }
+
+    /// A symlink at `link` with the link text `text` (which need not exist) and an XP-era mtime.
+    pub(super) fn symlink(&mut self, text: &str, link: &Path) -> Result<()> {
+        if let Some(parent) = link.parent() {
+            self.dir(parent)?;
+        }
+        std::os::unix::fs::symlink(text, link).at(link)?;
+        let mtime = filetime::FileTime::from_unix_time(self.mtime(), 0);
+        filetime::set_symlink_file_times(link, mtime, mtime).at(link)
+    }
+
+    /// A sparse file of `size` bytes: a 512-byte header and footer, holes in between.
+    /// Only the header and footer count as written bytes.
+    pub(super) fn sparse(&mut self, path: &Path, size: u64) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        if let Some(parent) = path.parent() {
+            self.dir(parent)?;
+        }
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(path)
+            .at(path)?;
+        file.set_len(size).at(path)?;
+        let block = size.min(512) as usize;
+        self.fill(block, Style::Binary);
+        file.write_all_at(&self.buf, 0).at(path)?;
+        file.write_all_at(&self.buf, size - block as u64).at(path)?;
+        let time = UNIX_EPOCH + Duration::from_secs(self.mtime() as u64);
+        file.set_times(fs::FileTimes::new().set_modified(time).set_accessed(time))
+            .at(path)?;
+        self.files += 1;
+        self.bytes += 2 * block as u64;
+        Ok(())
+    }
+
     /// A text-heavy file with a random mtime.
     pub(super) fn document(&mut self, path: &Path, size: u64) -> Result<()> {
         let mtime = self.mtime();

@@ -18,9 +18,10 @@ use super::{
 use crate::error::{Error, IoResultExt, Result};
 use crate::fsutil::{StatInfo, is_empty_or_missing};
 use crate::inventory::{probe_hard_links, profile_names, read_hostname};
-use crate::layout::{Selection, WIN7_PROFILES_DIR, XP_PROFILES_DIR};
+use crate::layout::{DirDecision, DirRules, Selection, WIN7_PROFILES_DIR, XP_PROFILES_DIR};
 use crate::manifest::{Entry, EntryKind, Manifest, store_path};
 use crate::progress::{Phase, ProgressCounter, ProgressSink};
+use crate::rules::Scope;
 
 /// Entries processed by one task before large directories are split across threads.
 const CHUNK: usize = 512;
@@ -72,24 +73,34 @@ pub(crate) fn capture_with(
     prepare_store(root, &profiles_dir, store_dir, opts.overwrite)?;
     let users: Vec<String> = profile_names(&profiles_dir)?
         .into_iter()
-        .filter(|user| opts.wants_user(user))
+        .filter(|user| opts.wants_profile(root, user))
         .collect();
     tracing::info!(root = %root.display(), store = %store_dir.display(), users = users.len(), "capture started");
 
     let counter = ProgressCounter::new(progress, Phase::Collecting, 0, 0);
     counter.flush(None);
+    let store_stat = crate::fsutil::lstat(store_dir)?;
     let walker = Walker {
+        root,
         profiles_dir: &profiles_dir,
         data_dir: &data_dir(store_dir),
+        store_id: (store_stat.dev, store_stat.ino),
         opts,
         selection: &opts.selection,
         linker,
         counter: &counter,
     };
-    let outputs: Vec<Output> = users
+    let mut outputs: Vec<Output> = users
         .par_iter()
         .map(|user| walker.user(user))
         .collect::<Result<_>>()?;
+    // Machine-wide files named by System-context rules (`C:\Data\* [*]`), none by default.
+    let system_roots = opts.selection.system_roots();
+    let system: Vec<Output> = system_roots
+        .par_iter()
+        .map(|rel| walker.system_root(rel))
+        .collect::<Result<_>>()?;
+    outputs.extend(system);
     let mut total = Output::default();
     for output in outputs {
         total.merge(output);
@@ -97,13 +108,12 @@ pub(crate) fn capture_with(
     counter.flush(None);
 
     ProgressCounter::new(progress, Phase::Saving, total.files, total.bytes).flush(None);
-    total
-        .entries
-        .par_sort_unstable_by(|a, b| a.store.cmp(&b.store));
+    let mut entries = total.take_entries();
+    entries.par_sort_unstable_by(|a, b| a.store.cmp(&b.store));
     let mut manifest = Manifest::new(&opts.job_id, root);
     manifest.hostname = read_hostname(root);
     manifest.users = users.clone();
-    manifest.entries = total.entries;
+    manifest.entries = entries;
     let manifest_digest = manifest.write_sealed(store_dir)?;
     tracing::info!(
         store = %store_dir.display(),
@@ -173,6 +183,9 @@ fn check_store_location(root: &Path, profiles_dir: &Path, store_dir: &Path) -> R
 #[derive(Default)]
 struct Output {
     entries: Vec<Entry>,
+    /// Entries of merged outputs, concatenated once at the end ([`Output::take_entries`]) so
+    /// that merging up a deep tree never moves an entry more than once.
+    batches: Vec<Vec<Entry>>,
     skipped: Vec<(String, String)>,
     files: u64,
     dirs: u64,
@@ -182,11 +195,14 @@ struct Output {
 }
 
 impl Output {
-    fn merge(&mut self, other: Output) {
-        if self.entries.is_empty() {
-            self.entries = other.entries;
+    fn merge(&mut self, mut other: Output) {
+        if !other.entries.is_empty() {
+            self.batches.push(other.entries);
+        }
+        if self.batches.is_empty() {
+            self.batches = other.batches;
         } else {
-            self.entries.extend(other.entries);
+            self.batches.append(&mut other.batches);
         }
         self.skipped.extend(other.skipped);
         self.files += other.files;
@@ -195,12 +211,27 @@ impl Output {
         self.bytes += other.bytes;
         self.excluded_files += other.excluded_files;
     }
+
+    /// All entries, own and merged, in one vector.
+    fn take_entries(&mut self) -> Vec<Entry> {
+        let merged: usize = self.batches.iter().map(Vec::len).sum();
+        let mut all = std::mem::take(&mut self.entries);
+        all.reserve_exact(merged);
+        for mut batch in self.batches.drain(..) {
+            all.append(&mut batch);
+        }
+        all
+    }
 }
 
 /// Shared, read-only state of one capture's walk.
 struct Walker<'a> {
+    /// The machine root, where machine-wide (System-context) walks start.
+    root: &'a Path,
     profiles_dir: &'a Path,
     data_dir: &'a Path,
+    /// (device, inode) of the store, never walked by a machine-wide walk.
+    store_id: (u64, u64),
     opts: &'a CaptureOptions,
     selection: &'a Selection,
     linker: &'a Linker,
@@ -209,12 +240,15 @@ struct Walker<'a> {
 
 /// One directory being captured: its open descriptors and its profile-relative path.
 struct OpenDir<'a> {
+    /// The profile; "" for a machine-wide walk (paths relative to the machine root).
     user: &'a str,
     /// Path relative to the profile, '/'-separated, "" for the profile itself.
     rel: &'a str,
     source_path: PathBuf,
     source: OwnedFd,
     store: OwnedFd,
+    /// The selection's decisions for the files directly in this directory.
+    rules: DirRules<'a>,
 }
 
 impl Walker<'_> {
@@ -241,14 +275,81 @@ impl Walker<'_> {
             link_target: None,
             link_escapes: false,
         });
-        output.merge(self.dir(user, String::new())?);
+        if matches!(
+            self.selection.decide_user_dir(user, ""),
+            DirDecision::Walk(_)
+        ) {
+            output.merge(self.dir(user, String::new())?);
+        } else {
+            output.excluded_files += count_files(&source_path);
+        }
         Ok(output)
+    }
+
+    /// Captures one machine-wide root directory (relative to the machine root, "" for the
+    /// root itself) into `data/_system/`. A missing root captures nothing.
+    fn system_root(&self, rel: &str) -> Result<Output> {
+        let source_path = join_profile(self.root, rel);
+        let stat = match crate::fsutil::lstat(&source_path) {
+            Ok(stat) => stat,
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Output::default());
+            }
+            Err(error) => return self.skip_or_fail("", rel, error),
+        };
+        let is_dir = FileType::from_raw_mode(stat.mode) == FileType::Directory;
+        if !is_dir || (stat.dev, stat.ino) == self.store_id {
+            return Ok(Output::default());
+        }
+        let DirDecision::Walk(target) = self.selection.decide_system_dir(rel) else {
+            return Ok(Output::default());
+        };
+        let store_dir = join_profile(&self.store_base(""), rel);
+        fs::create_dir_all(&store_dir).at(&store_dir)?;
+        let mut output = Output::default();
+        if !rel.is_empty() {
+            output.dirs = 1;
+            output.entries.push(Entry {
+                kind: EntryKind::Dir,
+                user: String::new(),
+                source: rel.to_owned(),
+                target,
+                store: store_path("", rel),
+                size: 0,
+                mtime_ns: stat.mtime_ns,
+                mode: stat.mode,
+                inode: stat.ino,
+                link_target: None,
+                link_escapes: false,
+            });
+        }
+        output.merge(self.dir("", rel.to_owned())?);
+        Ok(output)
+    }
+
+    /// Where a walk's sources start: the profile, or the machine root for user "".
+    fn source_base(&self, user: &str) -> PathBuf {
+        if user.is_empty() {
+            self.root.to_path_buf()
+        } else {
+            self.profiles_dir.join(user)
+        }
+    }
+
+    /// Where a walk's links go: `data/<user>`, or `data/_system` for user "".
+    fn store_base(&self, user: &str) -> PathBuf {
+        let top = if user.is_empty() {
+            crate::manifest::SYSTEM_STORE_DIR
+        } else {
+            user
+        };
+        self.data_dir.join(top)
     }
 
     /// Captures the content of one directory (already present in the store), recursing in parallel.
     fn dir(&self, user: &str, rel: String) -> Result<Output> {
-        let source_path = join_profile(&self.profiles_dir.join(user), &rel);
-        let store_path = join_profile(&self.data_dir.join(user), &rel);
+        let source_path = join_profile(&self.source_base(user), &rel);
+        let store_path = join_profile(&self.store_base(user), &rel);
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let opened = rustix::fs::openat(CWD, &source_path, flags, Mode::empty())
             .at(&source_path)
@@ -275,12 +376,18 @@ impl Walker<'_> {
                 );
             }
         };
+        let scope = if user.is_empty() {
+            Scope::Machine
+        } else {
+            Scope::Profile
+        };
         let dir = OpenDir {
             user,
             rel: &rel,
             source_path,
             source,
             store,
+            rules: self.selection.dir_rules(scope, user, &rel),
         };
         let (mut output, subdirs) = if names.len() > CHUNK {
             names
@@ -330,27 +437,50 @@ impl Walker<'_> {
             } else {
                 format!("{}/{name_str}", dir.rel)
             };
-            let Some(mapped) = self.selection.map_rel(&rel) else {
-                output.excluded_files += count_files(&dir.source_path.join(name_str));
-                continue;
-            };
             let stat =
                 match rustix::fs::statat(&dir.source, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
                     Ok(stat) => StatInfo::from_rustix(&stat),
                     Err(error) => {
-                        let error = Error::Io {
-                            path: dir.source_path.join(name_str),
-                            source: error.into(),
-                        };
-                        self.record_failure(&mut output, dir.user, &rel, error)?;
+                        let wanted = dir.rules.decide(name_str).is_some()
+                            || matches!(self.decide_dir(dir.user, &rel), DirDecision::Walk(_));
+                        if wanted {
+                            let error = Error::Io {
+                                path: dir.source_path.join(name_str),
+                                source: error.into(),
+                            };
+                            self.record_failure(&mut output, dir.user, &rel, error)?;
+                        }
                         continue;
                     }
                 };
+            // The rules decide files and directories differently, so the decision needs the
+            // type from the stat above.
+            let is_dir = FileType::from_raw_mode(stat.mode) == FileType::Directory;
+            let decided = if is_dir {
+                if dir.user.is_empty() && (stat.dev, stat.ino) == self.store_id {
+                    continue;
+                }
+                match self.decide_dir(dir.user, &rel) {
+                    DirDecision::Walk(target) => Some(target),
+                    DirDecision::Excluded => None,
+                    DirDecision::OutOfScope => continue,
+                }
+            } else {
+                dir.rules.decide(name_str)
+            };
+            let Some(target) = decided else {
+                output.excluded_files += if is_dir {
+                    count_files(&dir.source_path.join(name_str))
+                } else {
+                    u64::from(FileType::from_raw_mode(stat.mode) == FileType::RegularFile)
+                };
+                continue;
+            };
             let entry = |kind| Entry {
                 kind,
                 user: dir.user.to_owned(),
-                source: format!("{XP_PROFILES_DIR}/{}/{rel}", dir.user),
-                target: format!("{WIN7_PROFILES_DIR}/{}/{mapped}", dir.user),
+                source: source_rel(dir.user, &rel),
+                target: target.clone(),
                 store: store_path(dir.user, &rel),
                 size: if kind == EntryKind::File {
                     stat.size
@@ -420,6 +550,15 @@ impl Walker<'_> {
             }
         }
         Ok((output, subdirs))
+    }
+
+    /// A directory decision for the walk of `user` ("" for machine-wide walks).
+    fn decide_dir(&self, user: &str, rel: &str) -> DirDecision {
+        if user.is_empty() {
+            self.selection.decide_system_dir(rel)
+        } else {
+            self.selection.decide_user_dir(user, rel)
+        }
     }
 
     /// Records a per-entry failure when continuing on errors, else returns it.
@@ -502,6 +641,9 @@ fn join_profile(base: &Path, rel: &str) -> PathBuf {
 }
 
 fn source_rel(user: &str, rel: &str) -> String {
+    if user.is_empty() {
+        return rel.to_owned();
+    }
     format!("{XP_PROFILES_DIR}/{user}/{rel}")
 }
 

@@ -2,16 +2,18 @@
 //!
 //! A store is a directory on the same filesystem as the machine root holding
 //! `data/<user>/<path in the XP profile>` (hard links to the originals, so no data is copied),
-//! `manifest.json` and `manifest.seal`. Capture never modifies an original: it only adds links
+//! `data/_system/<path from the machine root>` for machine-wide files that System-context rules
+//! select (see [`crate::rules`]), `manifest.json` and `manifest.seal`. Capture never modifies an original: it only adds links
 //! (which bumps the originals' link count and ctime, nothing else).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::layout::Selection;
+use crate::layout::{Selection, XP_PROFILES_DIR};
+use crate::users::{self, UserFilter};
 
 mod capture;
 mod delete;
@@ -31,11 +33,19 @@ pub struct CaptureOptions {
     pub continue_on_error: bool,
     /// Replace an existing, non-empty store (deleted with [`delete_store`] first).
     pub overwrite: bool,
-    /// Only these users, when not empty.
+    /// User include patterns (USMT `/ui`): `DOMAIN\name` or `name` globs, matched
+    /// case-insensitively; a match is always captured (see [`crate::users`]).
     pub include_users: Vec<String>,
-    /// Never these users.
+    /// User exclude patterns (USMT `/ue`), same syntax; include patterns win.
     pub exclude_users: Vec<String>,
-    /// Which profile paths migrate and where they go; the built-in rules by default.
+    /// Leave out profiles whose `NTUSER.DAT` is older than this (USMT `/uel`); include
+    /// patterns still win.
+    pub exclude_users_older_than: Option<Duration>,
+    /// The domain matched by the `DOMAIN\` part of user patterns; the machine's hostname when
+    /// `None` (local accounts, see [`crate::users`]).
+    pub user_domain: Option<String>,
+    /// Which files migrate and where they go (profile files, plus machine-wide folders named
+    /// by System-context rules); the built-in rules by default.
     pub selection: Selection,
     /// FOR FAULT-INJECTION TESTING ONLY: sleep this long after each linked file, so a test can
     /// kill a worker in the middle of a capture.
@@ -51,11 +61,38 @@ impl CaptureOptions {
         }
     }
 
-    /// Whether `user` is captured under the include/exclude lists.
+    /// The user filter these options describe.
+    pub fn user_filter(&self) -> UserFilter {
+        UserFilter {
+            include: self.include_users.clone(),
+            exclude: self.exclude_users.clone(),
+            exclude_older_than: self.exclude_users_older_than,
+        }
+    }
+
+    /// Whether `user` is captured under the include/exclude patterns, matching the `DOMAIN\`
+    /// part against [`CaptureOptions::user_domain`] (empty when unset). The age limit needs the
+    /// profile, so it is not applied here: see [`CaptureOptions::wants_profile`].
     pub fn wants_user(&self, user: &str) -> bool {
-        let included =
-            self.include_users.is_empty() || self.include_users.iter().any(|name| name == user);
-        included && !self.exclude_users.iter().any(|name| name == user)
+        let now = SystemTime::now();
+        let domain = self.user_domain.as_deref().unwrap_or("");
+        self.user_filter()
+            .decide(domain, user, Some(now), now)
+            .selected()
+    }
+
+    /// Whether the profile `user` of the XP machine at `root` is captured: patterns (the domain
+    /// is the machine's hostname unless [`CaptureOptions::user_domain`] is set) and the age of
+    /// its `NTUSER.DAT`.
+    pub fn wants_profile(&self, root: &Path, user: &str) -> bool {
+        let domain = self
+            .user_domain
+            .clone()
+            .unwrap_or_else(|| crate::inventory::read_hostname(root));
+        let last_used = users::last_used(&root.join(XP_PROFILES_DIR).join(user));
+        self.user_filter()
+            .decide(&domain, user, last_used, SystemTime::now())
+            .selected()
     }
 }
 
@@ -151,6 +188,38 @@ mod tests {
         opts.exclude_users.push("alice".into());
         assert!(!opts.wants_user("alice"));
         opts.include_users.push("bob".into());
+        // Include beats exclude; with an exclusion present, others are still captured (USMT).
+        assert!(opts.wants_user("BOB") && opts.wants_user("carol"));
+        opts.exclude_users = vec!["*\\*".into()];
         assert!(opts.wants_user("bob") && !opts.wants_user("carol"));
+        opts.exclude_users.clear();
+        assert!(opts.wants_user("bob") && !opts.wants_user("carol"));
+        opts.include_users = vec!["CORP\\*".into()];
+        opts.user_domain = Some("corp".into());
+        assert!(opts.wants_user("dave"));
+        opts.user_domain = Some("PC-01".into());
+        assert!(!opts.wants_user("dave"));
+    }
+
+    #[test]
+    fn profile_age_filter() {
+        let root = tempfile::tempdir().unwrap();
+        let profiles = root.path().join(XP_PROFILES_DIR);
+        for user in ["fresh", "stale", "admin"] {
+            std::fs::create_dir_all(profiles.join(user)).unwrap();
+            std::fs::write(profiles.join(user).join("NTUSER.DAT"), b"hive").unwrap();
+        }
+        let old = filetime::FileTime::from_unix_time(1_100_000_000, 0);
+        for user in ["stale", "admin"] {
+            filetime::set_file_mtime(profiles.join(user).join("NTUSER.DAT"), old).unwrap();
+        }
+        let opts = CaptureOptions {
+            exclude_users_older_than: Some(Duration::from_secs(30 * 86_400)),
+            include_users: vec!["*\\admin".into()],
+            ..CaptureOptions::new("job")
+        };
+        assert!(opts.wants_profile(root.path(), "fresh"));
+        assert!(!opts.wants_profile(root.path(), "stale"));
+        assert!(opts.wants_profile(root.path(), "admin"));
     }
 }
