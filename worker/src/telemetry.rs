@@ -25,6 +25,9 @@ pub struct Snapshot {
     pub bytes_total: u64,
     /// Profile being worked on.
     pub current_user: String,
+    /// The engine's stage, named as in USMT's progress log (Scanning,
+    /// Collecting, Saving, Applying, Verifying).
+    pub stage: String,
 }
 
 /// Publishes engine progress into a watch channel.
@@ -47,6 +50,7 @@ impl ProgressSink for WatchSink {
             snapshot.bytes_done = progress.bytes_done;
             snapshot.bytes_total = progress.bytes_total;
             snapshot.current_user = progress.current_user.clone().unwrap_or_default();
+            snapshot.stage = format!("{:?}", progress.phase);
         });
     }
 }
@@ -91,7 +95,7 @@ pub async fn heartbeat(
                     bytes_done: snapshot.bytes_done,
                     bytes_total: snapshot.bytes_total,
                     current_user: snapshot.current_user,
-                    message: String::new(),
+                    message: snapshot.stage,
                 };
                 if sender.send(update).await.is_err() {
                     return;
