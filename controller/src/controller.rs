@@ -10,7 +10,7 @@ use crate::keys;
 use crate::lifecycle::{self, Applied, Report};
 use crate::liveness::Liveness;
 use crate::model::{AuditEvent, Inventory, Job, Machine, Phase, now_ms};
-use crate::registry::{Progress, Registry};
+use crate::registry::{Progress, Registry, Versioned};
 use crate::store::{SharedStore, Txn, TxnOutcome};
 use rand::Rng;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -453,15 +453,7 @@ impl Controller {
     ) -> Result<()> {
         self.note_contact(machine_id);
         let mut registry = self.registry();
-        let job = registry
-            .jobs
-            .get(job_id)
-            .ok_or_else(|| Error::UnknownJob(job_id.to_string()))?;
-        if job.value.machine_id != machine_id {
-            return Err(Error::PermissionDenied(format!(
-                "job {job_id} does not belong to machine {machine_id}"
-            )));
-        }
+        let job = owned_job(&registry, machine_id, job_id)?;
         if job.value.fence != fence {
             return Err(Error::StaleFence {
                 job_id: job_id.to_string(),
@@ -476,17 +468,7 @@ impl Controller {
     }
 
     fn check_owner(&self, machine_id: &str, job_id: &str) -> Result<()> {
-        let registry = self.registry();
-        let job = registry
-            .jobs
-            .get(job_id)
-            .ok_or_else(|| Error::UnknownJob(job_id.to_string()))?;
-        if job.value.machine_id != machine_id {
-            return Err(Error::PermissionDenied(format!(
-                "job {job_id} does not belong to machine {machine_id}"
-            )));
-        }
-        Ok(())
+        owned_job(&self.registry(), machine_id, job_id).map(|_| ())
     }
 
     /// Renews a machine's lease, logging a reconnection after a lost one.
@@ -495,6 +477,24 @@ impl Controller {
             tracing::info!(machine_id, "machine back in contact");
         }
     }
+}
+
+/// The job `job_id`, if it belongs to `machine_id`.
+fn owned_job<'a>(
+    registry: &'a Registry,
+    machine_id: &str,
+    job_id: &str,
+) -> Result<&'a Versioned<Job>> {
+    let job = registry
+        .jobs
+        .get(job_id)
+        .ok_or_else(|| Error::UnknownJob(job_id.to_string()))?;
+    if job.value.machine_id != machine_id {
+        return Err(Error::PermissionDenied(format!(
+            "job {job_id} does not belong to machine {machine_id}"
+        )));
+    }
+    Ok(job)
 }
 
 /// An audit event about a job.
