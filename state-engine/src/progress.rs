@@ -84,7 +84,7 @@ impl<'a> ProgressCounter<'a> {
         use std::sync::atomic::Ordering::Relaxed;
         let bytes_done = self.bytes.fetch_add(bytes, Relaxed) + bytes;
         let files_done = self.files.fetch_add(1, Relaxed) + 1;
-        if files_done % PROGRESS_EVERY == 0 {
+        if files_done.is_multiple_of(PROGRESS_EVERY) {
             self.report(files_done, bytes_done, Some(user.to_owned()));
         }
     }
