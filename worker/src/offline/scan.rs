@@ -312,7 +312,7 @@ struct ScanProgress<'a> {
 impl ScanProgress<'_> {
     fn file(&self, bytes: u64, user: &str) {
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
-        if (self.files.fetch_add(1, Ordering::Relaxed) + 1) % SCAN_PROGRESS_EVERY == 0 {
+        if (self.files.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(SCAN_PROGRESS_EVERY) {
             self.report(Some(user));
         }
     }
