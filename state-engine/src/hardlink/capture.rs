@@ -600,8 +600,9 @@ fn read_names(dir: &OwnedFd) -> std::io::Result<Vec<CString>> {
     Ok(names)
 }
 
-/// Regular files in an excluded subtree (1 for an excluded file, 0 for anything else).
-fn count_files(path: &Path) -> u64 {
+/// Regular files in an excluded subtree (1 for an excluded file, 0 for anything else):
+/// what a capture reports as excluded.
+pub fn count_files(path: &Path) -> u64 {
     walkdir::WalkDir::new(path)
         .follow_links(false)
         .into_iter()

@@ -19,8 +19,8 @@ mod capture;
 mod delete;
 pub(crate) mod verify;
 
-pub use capture::capture;
 pub(crate) use capture::symlink_escapes;
+pub use capture::{capture, count_files};
 pub use delete::delete_store;
 pub use verify::verify_store;
 

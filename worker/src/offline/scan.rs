@@ -380,7 +380,7 @@ impl TreeWalk<'_> {
             (Tree::Profile(_), DirDecision::Excluded) => {
                 scanned.dirs = 1;
                 scanned.manifest_bytes = entry_bytes(user, "", "");
-                scanned.excluded_files = count_files(&top);
+                scanned.excluded_files = fleetmig_state::hardlink::count_files(&top);
                 return scanned;
             }
             (Tree::System(_), DirDecision::Excluded) => return scanned,
@@ -440,7 +440,8 @@ impl TreeWalk<'_> {
                     DirDecision::Walk(target) => Some(target),
                     DirDecision::Excluded => {
                         walk.skip_current_dir();
-                        scanned.excluded_files += count_files(entry.path());
+                        scanned.excluded_files +=
+                            fleetmig_state::hardlink::count_files(entry.path());
                         continue;
                     }
                     DirDecision::OutOfScope => {
@@ -486,16 +487,6 @@ fn entry_bytes(user: &str, rel: &str, target: &str) -> u64 {
     let target = target.len().max(WIN7_PROFILES_DIR.len() + user.len() + 1);
     let store = DATA_DIR.len() + user.len().max(SYSTEM_STORE_DIR_LEN) + rel.len() + 2;
     (source + target + store + user.len()) as u64 + MANIFEST_ENTRY_OVERHEAD
-}
-
-/// Regular files under an excluded directory (what the capture reports as excluded).
-fn count_files(path: &Path) -> u64 {
-    walkdir::WalkDir::new(path)
-        .follow_links(false)
-        .into_iter()
-        .filter_map(|entry| entry.ok())
-        .filter(|entry| entry.file_type().is_file())
-        .count() as u64
 }
 
 /// Free bytes on the filesystem that holds (or will hold) `path`.
