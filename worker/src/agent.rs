@@ -80,9 +80,20 @@ impl JobContext {
         Ok(phase)
     }
 
-    /// Appends to the machine's journal.
-    pub fn record(&self, event: &str, detail: String) -> Result<()> {
-        self.state.record(&self.job_id, self.fence, event, detail)
+    /// Appends to the machine's journal (an fsync, so off the async runtime).
+    pub async fn record(&self, event: &str, detail: String) -> Result<()> {
+        let (state, job_id, fence, event) = (
+            self.state.clone(),
+            self.job_id.clone(),
+            self.fence,
+            event.to_string(),
+        );
+        tokio::task::spawn_blocking(move || state.record(&job_id, fence, &event, detail))
+            .await
+            .map_err(|err| Error::AgentState {
+                path: self.state.dir(),
+                reason: format!("journal task failed: {err}"),
+            })?
     }
 
     /// Resets the live progress for a new phase.
@@ -283,7 +294,7 @@ impl Agent {
                 // failed capture may simply be tried again.
                 let retryable = matches!(failed_in, JobPhase::Assigned | JobPhase::Capturing);
                 tracing::error!(%job_id, error = %err, phase = fleetmig_proto::phase_name(failed_in), "job failed");
-                ctx.record("job.failed", err.to_string())?;
+                ctx.record("job.failed", err.to_string()).await?;
                 let report = v1::PhaseReport {
                     phase: JobPhase::Failed.into(),
                     failure: Some(v1::Failure {

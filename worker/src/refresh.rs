@@ -79,10 +79,10 @@ pub async fn run(ctx: &JobContext, hook: &ReimageHook) -> Result<()> {
             // the store's own links must not be).
             verify_store(ctx, &root, &store).await?;
         }
-        ctx.record("reimage.start", String::new())?;
+        ctx.record("reimage.start", String::new()).await?;
         ctx.set_phase(JobPhase::Reimaging);
         hook.run(&root, &store).await?;
-        ctx.record("reimage.done", String::new())?;
+        ctx.record("reimage.done", String::new()).await?;
         phase = ctx.enter(JobPhase::Restoring).await?;
     }
     if phase == JobPhase::Restoring {
@@ -102,7 +102,8 @@ pub async fn run(ctx: &JobContext, hook: &ReimageHook) -> Result<()> {
         ctx.record(
             "restore.done",
             format!("{} files linked", report.files_linked),
-        )?;
+        )
+        .await?;
         phase = ctx.enter(JobPhase::Verifying).await?;
     }
     if phase == JobPhase::Verifying {
@@ -130,7 +131,7 @@ pub async fn run(ctx: &JobContext, hook: &ReimageHook) -> Result<()> {
 
 async fn capture(ctx: &JobContext, root: &std::path::Path, store: &std::path::Path) -> Result<()> {
     ctx.set_phase(JobPhase::Capturing);
-    ctx.record("capture.start", String::new())?;
+    ctx.record("capture.start", String::new()).await?;
     let mut options = CaptureOptions::new(ctx.job_id.clone());
     // A store left by an interrupted attempt holds only links of ours.
     options.overwrite = true;
@@ -138,12 +139,12 @@ async fn capture(ctx: &JobContext, root: &std::path::Path, store: &std::path::Pa
     options.include_users = ctx.capture.user_include.clone();
     options.exclude_users = ctx.capture.user_exclude.clone();
     options.per_file_delay = ctx.fault_capture_delay;
-    if let Some(parent) = store.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    }
     let sink = WatchSink::new(ctx.progress.clone());
     let (machine_root, store_dir) = (root.to_path_buf(), store.to_path_buf());
     let report = blocking(move || {
+        if let Some(parent) = store_dir.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
         Ok(fleetmig_state::capture(
             &machine_root,
             &store_dir,
@@ -156,7 +157,8 @@ async fn capture(ctx: &JobContext, root: &std::path::Path, store: &std::path::Pa
         tracing::warn!(job_id = %ctx.job_id, %path, %reason, "file skipped");
     }
     verify_store(ctx, root, store).await?;
-    ctx.record("capture.verified", report.manifest_digest.clone())?;
+    ctx.record("capture.verified", report.manifest_digest.clone())
+        .await?;
     let summary = v1::CaptureSummary {
         users: report.users.len() as u32,
         files: report.files,
@@ -259,7 +261,8 @@ async fn verify_and_release(
     ctx.record(
         "store.deleted",
         serde_json::to_string(&record).expect("record serializes"),
-    )?;
+    )
+    .await?;
     tracing::info!(job_id = %ctx.job_id, files = record.files, "restore verified; migration store released");
     Ok(record)
 }
