@@ -36,6 +36,12 @@ pub struct Config {
     /// Interval asked of storage nodes between capacity reports.
     #[arg(long, default_value_t = 10_000)]
     pub node_report_interval_ms: u32,
+    /// Lifetime of the capability tokens handed to workers, in seconds.
+    #[arg(long, default_value_t = 6 * 3600)]
+    pub token_ttl_secs: u64,
+    /// Lease of a storage reservation not yet used by its capture, in seconds.
+    #[arg(long, default_value_t = 15 * 60)]
+    pub reservation_lease_secs: u64,
     /// Seconds to let in-flight requests finish on shutdown.
     #[arg(long, default_value_t = 10)]
     pub shutdown_grace_secs: u64,

@@ -11,6 +11,7 @@ use crate::lifecycle::{self, Applied, Report};
 use crate::liveness::Liveness;
 use crate::model::{AuditEvent, Inventory, Job, Machine, Phase, now_ms};
 use crate::registry::{Progress, Registry, Versioned};
+use crate::secrets::Secrets;
 use crate::store::{SharedStore, Txn, TxnOutcome};
 use rand::Rng;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -28,6 +29,12 @@ pub struct ControllerSettings {
     pub heartbeat_interval: Duration,
     /// How often the scheduler looks at the waves without being woken.
     pub scheduler_tick: Duration,
+    /// Lifetime of the capability tokens handed to workers.
+    pub token_ttl: Duration,
+    /// Lease of a storage reservation the capture has not used yet.
+    pub reservation_lease: Duration,
+    /// The fleet key and the token signer.
+    pub secrets: Arc<Secrets>,
 }
 
 impl Default for ControllerSettings {
@@ -37,6 +44,9 @@ impl Default for ControllerSettings {
             lease: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(5),
             scheduler_tick: Duration::from_millis(500),
+            token_ttl: Duration::from_secs(6 * 3600),
+            reservation_lease: Duration::from_secs(15 * 60),
+            secrets: Arc::new(Secrets::ephemeral()),
         }
     }
 }
@@ -68,6 +78,8 @@ pub(crate) struct Inner {
     pub(crate) liveness: Liveness,
     /// Storage nodes and their latest capacity reports.
     pub(crate) nodes: Mutex<crate::nodes::NodeTable>,
+    /// gRPC channels to storage nodes, by address.
+    pub(crate) node_channels: Mutex<std::collections::HashMap<String, tonic::transport::Channel>>,
     /// This controller incarnation's epoch, the high half of every fence.
     pub(crate) epoch: u32,
     pub(crate) settings: ControllerSettings,
@@ -107,6 +119,7 @@ impl Controller {
                 schedule: Notify::new(),
                 liveness: Liveness::default(),
                 nodes: Mutex::new(nodes),
+                node_channels: Mutex::default(),
                 epoch,
                 settings,
             }),
@@ -334,7 +347,9 @@ impl Controller {
             if !registry.machines.contains_key(machine_id) {
                 return Err(Error::UnknownMachine(machine_id.to_string()));
             }
-            registry.active_job(machine_id).map(|job| job.value.clone())
+            registry
+                .assignable_job(machine_id)
+                .map(|job| job.value.clone())
         };
         self.note_contact(machine_id);
         let next_checkin = self.jittered_checkin();
@@ -360,6 +375,16 @@ impl Controller {
                     return Ok(None);
                 }
                 let mut next = job.clone();
+                if job.with_destination() {
+                    // The destination takes the job; only that machine, ever.
+                    match next.destination.as_mut() {
+                        Some(d) if d.machine_id.is_empty() => d.machine_id = machine.clone(),
+                        Some(d) if d.machine_id == machine => {}
+                        _ => return Ok(None),
+                    }
+                } else if job.machine_id != machine {
+                    return Ok(None);
+                }
                 next.attempt += 1;
                 next.fence = (u64::from(epoch) << 32) | u64::from(next.attempt);
                 next.session = session.clone();
@@ -489,7 +514,7 @@ fn owned_job<'a>(
         .jobs
         .get(job_id)
         .ok_or_else(|| Error::UnknownJob(job_id.to_string()))?;
-    if job.value.machine_id != machine_id {
+    if !job.value.involves(machine_id) {
         return Err(Error::PermissionDenied(format!(
             "job {job_id} does not belong to machine {machine_id}"
         )));

@@ -18,6 +18,8 @@ pub const WAVES: &str = "waves/";
 pub const JOBS: &str = "jobs/";
 /// Storage nodes: `nodes/<id>`.
 pub const NODES: &str = "nodes/";
+/// Migration keys of replace jobs: `migkeys/<job id>` (hex).
+pub const MIGRATION_KEYS: &str = "migkeys/";
 /// Audit log: `audit/<uuid v7>`, ordered by store revision.
 pub const AUDIT: &str = "audit/";
 /// Controller epoch counter (the high half of every fencing token).
@@ -31,6 +33,18 @@ pub fn key(prefix: &str, id: &str) -> String {
 /// Encodes a value for the store.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("domain types always serialize")
+}
+
+/// Parses a stored migration key (64 hex characters).
+pub fn decode_migration_key(key: &str, hex_key: &str) -> Result<[u8; 32]> {
+    let mut bytes = [0u8; 32];
+    if hex_key.len() != 64 || hex::decode_to_slice(hex_key, &mut bytes).is_err() {
+        return Err(Error::StoreCorrupt {
+            key: key.to_string(),
+            reason: "a migration key is 64 hex characters".into(),
+        });
+    }
+    Ok(bytes)
 }
 
 /// Decodes a stored value, naming the key when it is unreadable.

@@ -17,9 +17,11 @@ pub mod load;
 pub mod model;
 pub mod nodes;
 pub mod operations;
+pub mod placement;
 pub mod plan;
 pub mod registry;
 pub mod scheduler;
+pub mod secrets;
 pub mod server;
 pub mod store;
 

@@ -115,6 +115,13 @@ pub fn apply_report(job: &Job, fence: u64, report: &Report) -> Result<Applied> {
                 )));
             }
             next.captured = Some(summary.clone());
+            if job.scenario == Scenario::Replace {
+                // The source's part is over: the job waits for its
+                // destination, which takes it with a fresh fence. Fence 0 is
+                // never issued, so the source cannot act on it any more.
+                next.session.clear();
+                next.fence = 0;
+            }
         }
         Report::Done(summary) => {
             if summary.mismatched_files != 0 {
@@ -153,6 +160,8 @@ mod tests {
             captured: None,
             restored: None,
             failure: None,
+            destination: None,
+            placement: None,
             created_ms: 0,
             started_ms: None,
             finished_ms: None,
@@ -251,5 +260,31 @@ mod tests {
             };
             assert!(apply_report(&job(phase), 7, &report).is_err());
         }
+    }
+
+    #[test]
+    fn a_sealed_replace_capture_hands_the_job_to_its_destination() {
+        let mut capturing = job(Phase::Capturing);
+        capturing.scenario = Scenario::Replace;
+        let Applied::Changed(next) =
+            apply_report(&capturing, 7, &Report::Captured(captured())).unwrap()
+        else {
+            panic!("expected a change");
+        };
+        assert_eq!(next.phase, Phase::Captured);
+        assert!(next.session.is_empty(), "the source session is released");
+        assert_eq!(next.fence, 0, "the source's fence is revoked");
+        // The source can no longer move the job, not even to restoring.
+        assert!(matches!(
+            apply_report(&next, 7, &Report::Entered(Phase::Restoring)),
+            Err(Error::StaleFence { .. })
+        ));
+        // A replace job never reimages anything.
+        let mut captured_job = (*next).clone();
+        captured_job.fence = 9;
+        assert!(matches!(
+            apply_report(&captured_job, 9, &Report::Entered(Phase::Reimaging)),
+            Err(Error::InvalidTransition { .. })
+        ));
     }
 }

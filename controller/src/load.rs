@@ -53,6 +53,12 @@ pub async fn load_registry(store: &dyn Store) -> Result<Registry> {
     for (job, revision) in jobs {
         registry.put_job(job, revision);
     }
+    for kv in store.range(keys::MIGRATION_KEYS).await? {
+        let hex_key: String = keys::decode(&kv.key, &kv.value)?;
+        let key = crate::keys::decode_migration_key(&kv.key, &hex_key)?;
+        let job_id = kv.key[keys::MIGRATION_KEYS.len()..].to_string();
+        registry.migration_keys.insert(job_id, key);
+    }
     Ok(registry)
 }
 

@@ -233,6 +233,12 @@ pub struct Job {
     pub restored: Option<RestoreSummary>,
     /// Set when the job failed.
     pub failure: Option<Failure>,
+    /// Replace jobs: the machine the state goes to (the computer association).
+    #[serde(default)]
+    pub destination: Option<Destination>,
+    /// Replace jobs: the storage node holding the state, once placed.
+    #[serde(default)]
+    pub placement: Option<Placement>,
     /// Creation time.
     pub created_ms: i64,
     /// When the worker first started it.
@@ -246,6 +252,72 @@ impl Job {
     pub fn id_for(wave: &str, machine_id: &str) -> String {
         format!("{wave}.{machine_id}")
     }
+
+    /// Whether the job is in the destination's hands: a replace job from
+    /// `Captured` on (the source's part is over once its capture is sealed).
+    pub fn with_destination(&self) -> bool {
+        self.scenario == Scenario::Replace
+            && matches!(
+                self.phase,
+                Phase::Captured | Phase::Restoring | Phase::Verifying | Phase::Done
+            )
+    }
+
+    /// The machine that runs the job's current part: the source, or for a
+    /// replace job past its capture the destination (`None` while the
+    /// destination has not checked in yet).
+    pub fn owner(&self) -> Option<&str> {
+        if self.with_destination() {
+            self.destination
+                .as_ref()
+                .map(|d| d.machine_id.as_str())
+                .filter(|id| !id.is_empty())
+        } else {
+            Some(&self.machine_id)
+        }
+    }
+
+    /// Whether `machine_id` takes part in the job (source or destination).
+    pub fn involves(&self, machine_id: &str) -> bool {
+        self.machine_id == machine_id
+            || self
+                .destination
+                .as_ref()
+                .is_some_and(|d| d.machine_id == machine_id)
+    }
+}
+
+/// The destination of a replace job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Destination {
+    /// Hostname the plan names (the destination may enroll later).
+    pub hostname: String,
+    /// Machine id, once the destination took the job (empty before).
+    #[serde(default)]
+    pub machine_id: String,
+}
+
+/// Where a replace job's state is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// Storage node id.
+    pub node_id: String,
+    /// Its address.
+    pub endpoint: String,
+    /// Bytes reserved on it.
+    pub reserved_bytes: u64,
+    /// When the reservation was made.
+    pub reserved_ms: i64,
+}
+
+/// A computer association of a replace wave: source -> destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Association {
+    /// Hostname of the old machine.
+    pub source: String,
+    /// Hostname of the new machine.
+    pub destination: String,
 }
 
 /// Lifecycle of a wave.
@@ -345,6 +417,9 @@ pub struct WaveSpec {
     pub max_in_flight: u32,
     /// Capture options for its jobs.
     pub capture: CaptureOptions,
+    /// Replace waves: the computer associations (source -> destination).
+    #[serde(default)]
+    pub pairs: Vec<Association>,
 }
 
 /// A stored plan.

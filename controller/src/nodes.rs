@@ -30,6 +30,13 @@ pub struct Capacity {
     pub active_sessions: u32,
     /// Whether it takes new captures.
     pub accepting_captures: bool,
+    /// What a new reservation may take (free minus reservations and the
+    /// node's minimum free space).
+    pub available_bytes: u64,
+    /// Sealed bytes stored, after dedup.
+    pub stored_bytes: u64,
+    /// Migrations held.
+    pub migrations: u32,
     /// When the report arrived.
     pub reported_ms: i64,
 }

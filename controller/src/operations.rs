@@ -4,7 +4,9 @@
 use crate::controller::{Controller, job_event};
 use crate::error::{Error, Result};
 use crate::keys;
-use crate::model::{AuditEvent, Job, Machine, Phase, Plan, Wave, WaveState, now_ms};
+use crate::model::{
+    AuditEvent, Destination, Job, Machine, Phase, Plan, Scenario, Wave, WaveState, now_ms,
+};
 use crate::plan::{self, Problem};
 use crate::registry::{Progress, Versioned};
 use crate::store::Txn;
@@ -238,6 +240,20 @@ impl Controller {
                     ));
                     continue;
                 }
+                let destination = spec
+                    .pairs
+                    .iter()
+                    .find(|pair| {
+                        pair.source
+                            .eq_ignore_ascii_case(&machine.inventory.hostname)
+                    })
+                    .map(|pair| Destination {
+                        hostname: pair.destination.clone(),
+                        machine_id: String::new(),
+                    });
+                if spec.scenario == Scenario::Replace && destination.is_none() {
+                    continue;
+                }
                 new_jobs.push(Job {
                     id: job_id,
                     wave: name.to_string(),
@@ -251,6 +267,8 @@ impl Controller {
                     captured: None,
                     restored: None,
                     failure: None,
+                    destination,
+                    placement: None,
                     created_ms: now_ms(),
                     started_ms: None,
                     finished_ms: None,
@@ -271,9 +289,18 @@ impl Controller {
         }
         for chunk in new_jobs.chunks(JOBS_PER_TXN) {
             let mut txn = Txn::new();
+            let mut migration_keys = Vec::new();
             for job in chunk {
                 let key = keys::key(keys::JOBS, &job.id);
                 txn = txn.when_absent(key.clone()).put(key, keys::encode(job));
+                if job.scenario == Scenario::Replace {
+                    let secret = fleetmig_format::keys::generate_key_bytes();
+                    let key = keys::key(keys::MIGRATION_KEYS, &job.id);
+                    txn = txn
+                        .when_absent(key.clone())
+                        .put(key, keys::encode(&hex::encode(secret)));
+                    migration_keys.push((job.id.clone(), secret));
+                }
             }
             let events = chunk
                 .iter()
@@ -281,6 +308,7 @@ impl Controller {
                 .collect();
             let revision = self.commit(txn, events).await?;
             let mut registry = self.registry();
+            registry.migration_keys.extend(migration_keys);
             for job in chunk {
                 registry.put_job(job.clone(), revision);
             }

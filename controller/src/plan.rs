@@ -4,7 +4,9 @@
 //! The format is documented in `docs/plan-format.md`; `examples/plan.toml`
 //! is a complete example.
 
-use crate::model::{CaptureOptions, Machine, Plan, Scenario, Selector, WaveSpec, now_ms};
+use crate::model::{
+    Association, CaptureOptions, Machine, Plan, Scenario, Selector, WaveSpec, now_ms,
+};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
@@ -55,6 +57,15 @@ struct RawWave {
     select: Option<Spanned<RawSelector>>,
     #[serde(default)]
     capture: CaptureOptions,
+    #[serde(default)]
+    pairs: Vec<Spanned<RawPair>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPair {
+    source: Spanned<String>,
+    destination: Spanned<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -190,66 +201,65 @@ pub fn parse(source: &str, machines: &[Machine]) -> Result<Plan, Vec<Problem>> {
                 }
             },
         };
-        let Some(raw_select) = raw_wave.select else {
-            problems.push(locator.problem(
-                wave_span,
-                format!("wave {name} has no [waves.select]: name the machines it moves"),
-            ));
-            continue;
-        };
-        let select_span = raw_select.span();
-        let raw_select = raw_select.into_inner();
-        for host in &raw_select.hostnames {
-            if !hostnames.contains(&host.get_ref().to_ascii_lowercase()) {
+        let has_pairs = !raw_wave.pairs.is_empty();
+        let pairs = check_pairs(&locator, &name, raw_wave.pairs, &hostnames, &mut problems);
+        let select = match (scenario, raw_wave.select) {
+            (Scenario::Replace, Some(raw_select)) => {
                 problems.push(locator.problem(
-                    host.span(),
-                    format!("machine {} is not enrolled", host.get_ref()),
+                    raw_select.span(),
+                    format!(
+                        "wave {name}: a replace wave selects its machines with [[waves.pairs]], not [waves.select]"
+                    ),
                 ));
+                continue;
             }
-        }
-        for id in &raw_select.ids {
-            if !ids.contains(id.get_ref().as_str()) {
-                problems.push(locator.problem(
-                    id.span(),
-                    format!("machine id {} is not enrolled", id.get_ref()),
-                ));
+            (Scenario::Replace, None) => {
+                if !has_pairs {
+                    problems.push(locator.problem(
+                        wave_span,
+                        format!(
+                            "wave {name} is a replace wave with no [[waves.pairs]]: name each source and its destination"
+                        ),
+                    ));
+                    continue;
+                }
+                Selector {
+                    hostnames: pairs.iter().map(|p| p.source.clone()).collect(),
+                    ..Selector::default()
+                }
             }
-        }
-        let select = Selector {
-            all: raw_select.all,
-            ids: raw_select
-                .ids
-                .into_iter()
-                .map(Spanned::into_inner)
-                .collect(),
-            hostnames: raw_select
-                .hostnames
-                .into_iter()
-                .map(Spanned::into_inner)
-                .collect(),
-            sites: raw_select.sites,
-            labels: raw_select.labels,
+            (Scenario::Refresh, raw_select) => {
+                if has_pairs {
+                    problems.push(locator.problem(
+                        wave_span.clone(),
+                        format!(
+                            "wave {name}: pairs are for replace waves; set scenario = \"replace\" or remove them"
+                        ),
+                    ));
+                }
+                let Some(raw_select) = raw_select else {
+                    problems.push(locator.problem(
+                        wave_span,
+                        format!("wave {name} has no [waves.select]: name the machines it moves"),
+                    ));
+                    continue;
+                };
+                match check_selector(&locator, &name, raw_select, &hostnames, &ids) {
+                    Ok(select) => select,
+                    Err(mut found) => {
+                        problems.append(&mut found);
+                        continue;
+                    }
+                }
+            }
         };
-        if select.is_empty() {
-            problems.push(locator.problem(
-                select_span,
-                format!("wave {name} selects nothing: set all, ids, hostnames, sites or labels"),
-            ));
-        }
-        if scenario == Scenario::Replace {
-            problems.push(locator.problem(
-                wave_span.clone(),
-                format!(
-                    "wave {name}: replace waves need a storage node transfer, which this controller version does not run yet"
-                ),
-            ));
-        }
         waves.push(WaveSpec {
             name,
             select,
             scenario,
             max_in_flight,
             capture: raw_wave.capture,
+            pairs,
         });
     }
 
@@ -262,6 +272,110 @@ pub fn parse(source: &str, machines: &[Machine]) -> Result<Plan, Vec<Problem>> {
         applied_ms: now_ms(),
         source: source.to_string(),
     })
+}
+
+/// Checks a refresh wave's selector against the enrolled machines.
+fn check_selector(
+    locator: &Locator<'_>,
+    name: &str,
+    raw_select: Spanned<RawSelector>,
+    hostnames: &HashSet<String>,
+    ids: &HashSet<&str>,
+) -> Result<Selector, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let select_span = raw_select.span();
+    let raw_select = raw_select.into_inner();
+    for host in &raw_select.hostnames {
+        if !hostnames.contains(&host.get_ref().to_ascii_lowercase()) {
+            problems.push(locator.problem(
+                host.span(),
+                format!("machine {} is not enrolled", host.get_ref()),
+            ));
+        }
+    }
+    for id in &raw_select.ids {
+        if !ids.contains(id.get_ref().as_str()) {
+            problems.push(locator.problem(
+                id.span(),
+                format!("machine id {} is not enrolled", id.get_ref()),
+            ));
+        }
+    }
+    let select = Selector {
+        all: raw_select.all,
+        ids: raw_select
+            .ids
+            .into_iter()
+            .map(Spanned::into_inner)
+            .collect(),
+        hostnames: raw_select
+            .hostnames
+            .into_iter()
+            .map(Spanned::into_inner)
+            .collect(),
+        sites: raw_select.sites,
+        labels: raw_select.labels,
+    };
+    if select.is_empty() {
+        problems.push(locator.problem(
+            select_span,
+            format!("wave {name} selects nothing: set all, ids, hostnames, sites or labels"),
+        ));
+    }
+    if problems.is_empty() {
+        Ok(select)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Checks a replace wave's computer associations: every source enrolled,
+/// no machine twice, never a machine onto itself. Destinations may enroll
+/// later (new hardware often arrives after the plan is written).
+fn check_pairs(
+    locator: &Locator<'_>,
+    name: &str,
+    raw_pairs: Vec<Spanned<RawPair>>,
+    hostnames: &HashSet<String>,
+    problems: &mut Vec<Problem>,
+) -> Vec<Association> {
+    let mut seen = HashSet::new();
+    let mut pairs = Vec::with_capacity(raw_pairs.len());
+    for raw in raw_pairs {
+        let raw = raw.into_inner();
+        let source = raw.source.get_ref().trim().to_string();
+        let destination = raw.destination.get_ref().trim().to_string();
+        let mut ok = true;
+        for (host, span, role) in [
+            (&source, raw.source.span(), "source"),
+            (&destination, raw.destination.span(), "destination"),
+        ] {
+            if host.is_empty() {
+                problems.push(locator.problem(span, format!("wave {name}: empty {role} hostname")));
+                ok = false;
+            } else if !seen.insert(host.to_ascii_lowercase()) {
+                problems.push(locator.problem(
+                    span,
+                    format!("wave {name}: machine {host} appears in more than one pair"),
+                ));
+                ok = false;
+            }
+        }
+        if !source.is_empty() && !hostnames.contains(&source.to_ascii_lowercase()) {
+            problems.push(locator.problem(
+                raw.source.span(),
+                format!("source machine {source} is not enrolled"),
+            ));
+            ok = false;
+        }
+        if ok {
+            pairs.push(Association {
+                source,
+                destination,
+            });
+        }
+    }
+    pairs
 }
 
 #[cfg(test)]
@@ -330,6 +444,63 @@ max_in_flight = 0
         assert!(messages[0].contains("unsupported plan version 2"));
         assert!(messages.iter().any(|m| m.contains("teleport")));
         assert!(messages.iter().any(|m| m.contains("selects nothing")));
+    }
+
+    const REPLACE: &str = r#"version = 1
+name = "swap"
+
+[[waves]]
+name = "lab"
+scenario = "replace"
+pairs = [
+  { source = "XP-1", destination = "W7-1" },
+  { source = "xp-2", destination = "W7-2" },
+]
+"#;
+
+    #[test]
+    fn parses_replace_pairs_and_selects_the_sources() {
+        let machines = [machine("a", "XP-1"), machine("b", "XP-2")];
+        let plan = parse(REPLACE, &machines).unwrap();
+        let wave = &plan.waves[0];
+        assert_eq!(wave.scenario, Scenario::Replace);
+        assert_eq!(wave.pairs.len(), 2);
+        assert_eq!(wave.pairs[1].destination, "W7-2");
+        assert!(wave.select.matches(&machines[0]) && wave.select.matches(&machines[1]));
+    }
+
+    #[test]
+    fn replace_pairs_are_checked() {
+        let source = r#"version = 1
+name = "swap"
+[[waves]]
+name = "lab"
+scenario = "replace"
+pairs = [
+  { source = "XP-1", destination = "XP-1" },
+  { source = "XP-9", destination = "W7-9" },
+]
+[[waves]]
+name = "nopairs"
+scenario = "replace"
+"#;
+        let problems = parse(source, &[machine("a", "XP-1")]).unwrap_err();
+        let messages: Vec<_> = problems.iter().map(|p| p.message.as_str()).collect();
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains("XP-1 appears in more than one pair")),
+            "{messages:?}"
+        );
+        assert!(
+            messages.iter().any(|m| m.contains("XP-9 is not enrolled")),
+            "{messages:?}"
+        );
+        assert!(
+            messages.iter().any(|m| m.contains("no [[waves.pairs]]")),
+            "{messages:?}"
+        );
+        assert_eq!(problems[1].line, 8, "{problems:?}");
     }
 
     #[test]

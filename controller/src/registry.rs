@@ -49,6 +49,12 @@ pub struct Registry {
     pub machine_jobs: HashMap<String, Vec<String>>,
     /// Live progress by job id.
     pub progress: HashMap<String, Progress>,
+    /// Replace job ids by the destination's lowercase hostname.
+    pub destination_jobs: HashMap<String, Vec<String>>,
+    /// Migration keys of replace jobs, by job id.
+    pub migration_keys: HashMap<String, [u8; 32]>,
+    /// Why a pending job cannot start yet (e.g. no storage node has room).
+    pub waiting: HashMap<String, String>,
 }
 
 impl Registry {
@@ -78,6 +84,15 @@ impl Registry {
                 .entry(job.machine_id.clone())
                 .or_default()
                 .push(job.id.clone());
+            if let Some(destination) = &job.destination {
+                self.destination_jobs
+                    .entry(destination.hostname.to_ascii_lowercase())
+                    .or_default()
+                    .push(job.id.clone());
+            }
+        }
+        if job.phase != Phase::Pending {
+            self.waiting.remove(&job.id);
         }
         if job.phase.is_terminal() {
             self.progress.remove(&job.id);
@@ -99,6 +114,38 @@ impl Registry {
             .rev()
             .filter_map(|id| self.jobs.get(id))
             .find(|job| !job.value.phase.is_terminal())
+    }
+
+    /// The job `machine_id` should be running now, if any: its own job
+    /// (a refresh, or the capture part of a replace), or a replace job
+    /// whose capture is sealed and whose destination is this machine.
+    pub fn assignable_job(&self, machine_id: &str) -> Option<&Versioned<Job>> {
+        if let Some(job) = self
+            .active_job(machine_id)
+            .filter(|job| !job.value.with_destination())
+        {
+            return Some(job);
+        }
+        let hostname = self
+            .machines
+            .get(machine_id)?
+            .value
+            .inventory
+            .hostname
+            .to_ascii_lowercase();
+        self.destination_jobs
+            .get(&hostname)?
+            .iter()
+            .filter_map(|id| self.jobs.get(id))
+            .find(|job| {
+                job.value.with_destination()
+                    && !job.value.phase.is_terminal()
+                    && job
+                        .value
+                        .destination
+                        .as_ref()
+                        .is_some_and(|d| d.machine_id.is_empty() || d.machine_id == machine_id)
+            })
     }
 
     /// The machine's most recent job, if any.

@@ -8,7 +8,7 @@
 use crate::controller::{Controller, job_event};
 use crate::error::{Error, Result};
 use crate::keys;
-use crate::model::{AuditEvent, Job, Phase, WaveState, now_ms};
+use crate::model::{AuditEvent, Job, Phase, Scenario, WaveState, now_ms};
 use crate::store::Txn;
 use tokio_util::sync::CancellationToken;
 
@@ -78,11 +78,46 @@ impl Controller {
                     .map(|job| (job.value.clone(), job.revision))
                     .collect()
             };
+            let candidates = self.with_placements(candidates).await;
             for chunk in candidates.chunks(ADMISSIONS_PER_TXN) {
                 admitted += self.admit(chunk).await?;
             }
         }
         Ok(admitted)
+    }
+
+    /// Places the replace jobs among `candidates` on storage nodes; a job no
+    /// node can take stays pending, with the reason recorded (once per
+    /// change) in the audit log and shown by status.
+    async fn with_placements(&self, candidates: Vec<(Job, u64)>) -> Vec<(Job, u64)> {
+        let mut ready = Vec::with_capacity(candidates.len());
+        for (mut job, revision) in candidates {
+            if job.scenario != Scenario::Replace || job.placement.is_some() {
+                ready.push((job, revision));
+                continue;
+            }
+            match self.place(&job).await {
+                Ok(placement) => {
+                    job.placement = Some(placement);
+                    ready.push((job, revision));
+                }
+                Err(reason) => {
+                    let changed = self
+                        .registry()
+                        .waiting
+                        .insert(job.id.clone(), reason.clone())
+                        != Some(reason.clone());
+                    if changed {
+                        tracing::warn!(job_id = %job.id, %reason, "replace job waits for storage");
+                        let event = job_event(&job, "controller", "job.waiting", reason);
+                        if let Err(err) = self.commit(Txn::new(), vec![event]).await {
+                            tracing::warn!(error = %err, "could not record a waiting job");
+                        }
+                    }
+                }
+            }
+        }
+        ready
     }
 
     /// Moves a batch of pending jobs to `Assigned` in one transaction.
@@ -97,12 +132,14 @@ impl Controller {
             txn = txn
                 .when_revision(key.clone(), *revision)
                 .put(key, keys::encode(&next));
-            events.push(job_event(
-                &next,
-                "controller",
-                "job.phase",
-                "pending -> assigned".into(),
-            ));
+            let detail = match &next.placement {
+                Some(placement) => format!(
+                    "pending -> assigned (storage node {}, {} bytes reserved)",
+                    placement.node_id, placement.reserved_bytes
+                ),
+                None => "pending -> assigned".into(),
+            };
+            events.push(job_event(&next, "controller", "job.phase", detail));
             admitted.push(next);
         }
         match self.commit(txn, events).await {
@@ -130,12 +167,12 @@ impl Controller {
             .jobs
             .values()
             .filter(|job| job.value.phase.is_in_flight() && !job.value.session.is_empty())
-            .map(|job| {
-                (
-                    job.value.machine_id.clone(),
+            .filter_map(|job| {
+                Some((
+                    job.value.owner()?.to_string(),
                     job.value.id.clone(),
                     job.value.wave.clone(),
-                )
+                ))
             })
             .collect();
         let lost = self.inner.liveness.expire(

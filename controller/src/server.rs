@@ -5,6 +5,7 @@ use crate::config::Config;
 use crate::controller::{Controller, ControllerSettings};
 use crate::error::{Error, Result};
 use crate::grpc::{operator::OperatorApi, storage::StorageRegistryApi, worker::WorkerApi};
+use crate::secrets::Secrets;
 use crate::store::EmbeddedStore;
 use fleetmig_proto::v1::{
     operator_service_server::OperatorServiceServer, storage_registry_server::StorageRegistryServer,
@@ -36,7 +37,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         message: err.to_string(),
     })?;
     let store = Arc::new(EmbeddedStore::open(&config.data_dir)?);
+    let secrets = Secrets::load_or_create(&config.data_dir)?;
     let settings = ControllerSettings {
+        token_ttl: Duration::from_secs(config.token_ttl_secs.max(60)),
+        reservation_lease: Duration::from_secs(config.reservation_lease_secs.max(10)),
+        secrets: Arc::new(secrets),
         checkin_interval: Duration::from_millis(config.checkin_interval_ms.max(50)),
         lease: Duration::from_millis(config.lease_ms.max(100)),
         heartbeat_interval: Duration::from_millis(config.heartbeat_ms.max(50)),

@@ -209,6 +209,8 @@ pub fn assignment_to_wire(job: &model::Job, heartbeat_ms: u32) -> v1::Assignment
             user_exclude: job.capture_options.user_exclude.clone(),
             continue_on_error: job.capture_options.continue_on_error,
         }),
+        // Filled by the worker adapter, which holds the keys.
+        replace: None,
     }
 }
 

@@ -20,6 +20,9 @@ fn capacity_from_wire(report: &v1::CapacityReport) -> Capacity {
         reserved_bytes: report.reserved_bytes,
         active_sessions: report.active_sessions,
         accepting_captures: report.accepting_captures,
+        available_bytes: report.available_bytes,
+        stored_bytes: report.stored_bytes,
+        migrations: report.migrations,
         reported_ms: crate::model::now_ms(),
     }
 }
@@ -41,6 +44,13 @@ impl StorageRegistry for StorageRegistryApi {
         self.controller.register_node(node, capacity).await?;
         Ok(Response::new(v1::RegisterNodeResponse {
             report_interval_ms: self.report_interval_ms,
+            token_public_key: self
+                .controller
+                .settings()
+                .secrets
+                .signer()
+                .public_key()
+                .to_vec(),
         }))
     }
 

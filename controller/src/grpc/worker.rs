@@ -54,10 +54,11 @@ impl WorkerService for WorkerApi {
         let heartbeat = self.controller.settings().heartbeat_interval.as_millis() as u32;
         Ok(Response::new(v1::CheckInResponse {
             next_checkin_ms: reply.next_checkin.as_millis() as u32,
-            assignment: reply
-                .assignment
-                .as_ref()
-                .map(|job| convert::assignment_to_wire(job, heartbeat)),
+            assignment: reply.assignment.as_ref().map(|job| {
+                let mut assignment = convert::assignment_to_wire(job, heartbeat);
+                assignment.replace = self.controller.replace_transfer(job, &request.machine_id);
+                assignment
+            }),
         }))
     }
 

@@ -1,0 +1,288 @@
+//! Capability tokens.
+//!
+//! The controller signs short-lived tokens that say which machine may do what
+//! to which migration on which storage node ([`v1::Capability`]); storage
+//! nodes verify them offline with the controller's Ed25519 public key. Only
+//! the source machine gets a `CAPTURE` token for its migration and only the
+//! associated destination a `RESTORE` token, so a node needs no view of the
+//! controller's state to refuse everybody else.
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use fleetmig_proto::v1::{self, CapabilityRole};
+use prost::Message;
+use std::path::{Path, PathBuf};
+
+/// Why a token or key was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No token was presented.
+    #[error("no capability token presented")]
+    Missing,
+    /// The token is not a well-formed signed capability.
+    #[error("malformed capability token: {0}")]
+    Malformed(String),
+    /// The signature does not verify under the controller's key.
+    #[error("capability token signature does not verify (not signed by this fleet's controller)")]
+    BadSignature,
+    /// The token's lifetime is over.
+    #[error(
+        "capability token for migration {migration_id} expired at {expires_unix_ms} (now {now_unix_ms})"
+    )]
+    Expired {
+        /// Migration named by the token.
+        migration_id: String,
+        /// Expiry in the token.
+        expires_unix_ms: i64,
+        /// The verifier's clock.
+        now_unix_ms: i64,
+    },
+    /// The token is valid but grants something else.
+    #[error("capability token does not grant this: {0}")]
+    WrongGrant(String),
+    /// A key file could not be read or written.
+    #[error("key file {path}: {reason}")]
+    KeyFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Result with this crate's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Signs capability tokens; held by the controller only.
+pub struct TokenSigner {
+    key: SigningKey,
+}
+
+impl std::fmt::Debug for TokenSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSigner")
+            .field("public_key", &hex_key(&self.public_key()))
+            .finish_non_exhaustive()
+    }
+}
+
+fn hex_key(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl TokenSigner {
+    /// A signer from a 32-byte Ed25519 seed.
+    pub fn from_seed(seed: [u8; 32]) -> Self {
+        Self {
+            key: SigningKey::from_bytes(&seed),
+        }
+    }
+
+    /// Loads the signing key from `path`, creating it (mode 0600) on first use.
+    pub fn load_or_create(path: &Path) -> Result<Self> {
+        let key_error = |error: fleetmig_format::Error| Error::KeyFile {
+            path: path.to_path_buf(),
+            reason: error.to_string(),
+        };
+        if !path.exists() {
+            let seed = fleetmig_format::keys::generate_key_bytes();
+            fleetmig_format::keys::write_key_file(path, &seed).map_err(key_error)?;
+        }
+        let seed = fleetmig_format::keys::load_key_bytes(path).map_err(key_error)?;
+        Ok(Self::from_seed(seed))
+    }
+
+    /// The public key storage nodes verify with (32 bytes).
+    pub fn public_key(&self) -> [u8; 32] {
+        self.key.verifying_key().to_bytes()
+    }
+
+    /// Signs `claims`.
+    pub fn sign(&self, claims: &v1::Capability) -> v1::SignedCapability {
+        let encoded = claims.encode_to_vec();
+        let signature = self.key.sign(&encoded);
+        v1::SignedCapability {
+            claims: encoded,
+            signature: signature.to_bytes().to_vec(),
+        }
+    }
+}
+
+/// What a verifier requires of a token besides a good signature.
+#[derive(Debug, Clone, Copy)]
+pub struct Requirement<'a> {
+    /// The role the call needs.
+    pub role: CapabilityRole,
+    /// The node verifying (tokens name the node they are for).
+    pub node_id: &'a str,
+    /// The verifier's clock, milliseconds since the Unix epoch.
+    pub now_unix_ms: i64,
+}
+
+/// Verifies capability tokens with the controller's public key.
+#[derive(Debug, Clone)]
+pub struct TokenVerifier {
+    key: VerifyingKey,
+}
+
+impl TokenVerifier {
+    /// A verifier for the 32-byte public key `bytes`.
+    pub fn from_public_key(bytes: &[u8]) -> Result<Self> {
+        let bytes: [u8; 32] = bytes.try_into().map_err(|_| {
+            Error::Malformed(format!(
+                "a public key is 32 bytes, this one is {}",
+                bytes.len()
+            ))
+        })?;
+        let key = VerifyingKey::from_bytes(&bytes)
+            .map_err(|error| Error::Malformed(format!("not an Ed25519 public key: {error}")))?;
+        Ok(Self { key })
+    }
+
+    /// The public key, 32 bytes.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.key.to_bytes()
+    }
+
+    /// Checks `token`'s signature, expiry, node and role; returns its claims.
+    pub fn verify(
+        &self,
+        token: Option<&v1::SignedCapability>,
+        need: Requirement<'_>,
+    ) -> Result<v1::Capability> {
+        let token = token.ok_or(Error::Missing)?;
+        let signature: [u8; 64] = token.signature.as_slice().try_into().map_err(|_| {
+            Error::Malformed(format!(
+                "a signature is 64 bytes, this one is {}",
+                token.signature.len()
+            ))
+        })?;
+        self.key
+            .verify_strict(&token.claims, &Signature::from_bytes(&signature))
+            .map_err(|_| Error::BadSignature)?;
+        let claims = v1::Capability::decode(token.claims.as_slice())
+            .map_err(|error| Error::Malformed(format!("claims do not decode: {error}")))?;
+        if claims.expires_unix_ms <= need.now_unix_ms {
+            return Err(Error::Expired {
+                migration_id: claims.migration_id,
+                expires_unix_ms: claims.expires_unix_ms,
+                now_unix_ms: need.now_unix_ms,
+            });
+        }
+        if claims.node_id != need.node_id {
+            return Err(Error::WrongGrant(format!(
+                "issued for node {:?}, presented to node {:?}",
+                claims.node_id, need.node_id
+            )));
+        }
+        if claims.role != need.role as i32 {
+            let role = CapabilityRole::try_from(claims.role)
+                .map(|r| r.as_str_name())
+                .unwrap_or("unknown");
+            return Err(Error::WrongGrant(format!(
+                "role {role} on migration {}, the call needs {}",
+                claims.migration_id,
+                need.role.as_str_name()
+            )));
+        }
+        if claims.migration_id.is_empty() || claims.machine_id.is_empty() {
+            return Err(Error::Malformed(
+                "claims name no migration or machine".into(),
+            ));
+        }
+        Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(role: CapabilityRole, expires: i64) -> v1::Capability {
+        v1::Capability {
+            machine_id: "m1".into(),
+            migration_id: "wave.m1".into(),
+            node_id: "node-a".into(),
+            role: role as i32,
+            issued_unix_ms: 0,
+            expires_unix_ms: expires,
+            fence: 7,
+        }
+    }
+
+    fn need(role: CapabilityRole) -> Requirement<'static> {
+        Requirement {
+            role,
+            node_id: "node-a",
+            now_unix_ms: 1_000,
+        }
+    }
+
+    #[test]
+    fn a_signed_token_verifies_and_returns_its_claims() {
+        let signer = TokenSigner::from_seed([1; 32]);
+        let verifier = TokenVerifier::from_public_key(&signer.public_key()).unwrap();
+        let token = signer.sign(&claims(CapabilityRole::Capture, 2_000));
+        let got = verifier
+            .verify(Some(&token), need(CapabilityRole::Capture))
+            .unwrap();
+        assert_eq!(got.migration_id, "wave.m1");
+        assert_eq!(got.fence, 7);
+    }
+
+    #[test]
+    fn refusals_name_the_reason() {
+        let signer = TokenSigner::from_seed([1; 32]);
+        let verifier = TokenVerifier::from_public_key(&signer.public_key()).unwrap();
+        let capture = signer.sign(&claims(CapabilityRole::Capture, 2_000));
+        assert!(matches!(
+            verifier.verify(None, need(CapabilityRole::Capture)),
+            Err(Error::Missing)
+        ));
+        assert!(matches!(
+            verifier.verify(Some(&capture), need(CapabilityRole::Restore)),
+            Err(Error::WrongGrant(_))
+        ));
+        let expired = signer.sign(&claims(CapabilityRole::Capture, 1_000));
+        assert!(matches!(
+            verifier.verify(Some(&expired), need(CapabilityRole::Capture)),
+            Err(Error::Expired { .. })
+        ));
+        let other_node = Requirement {
+            node_id: "node-b",
+            ..need(CapabilityRole::Capture)
+        };
+        assert!(matches!(
+            verifier.verify(Some(&capture), other_node),
+            Err(Error::WrongGrant(_))
+        ));
+    }
+
+    #[test]
+    fn tampered_or_foreign_tokens_are_refused() {
+        let signer = TokenSigner::from_seed([1; 32]);
+        let verifier = TokenVerifier::from_public_key(&signer.public_key()).unwrap();
+        let mut token = signer.sign(&claims(CapabilityRole::Capture, 2_000));
+        // Rewrite the claims to another migration, keeping the signature.
+        let mut forged = claims(CapabilityRole::Capture, 2_000);
+        forged.migration_id = "wave.m2".into();
+        token.claims = forged.encode_to_vec();
+        assert!(matches!(
+            verifier.verify(Some(&token), need(CapabilityRole::Capture)),
+            Err(Error::BadSignature)
+        ));
+        let foreign = TokenSigner::from_seed([2; 32]).sign(&claims(CapabilityRole::Capture, 2_000));
+        assert!(matches!(
+            verifier.verify(Some(&foreign), need(CapabilityRole::Capture)),
+            Err(Error::BadSignature)
+        ));
+    }
+
+    #[test]
+    fn the_signing_key_is_created_once_and_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token-signing.key");
+        let first = TokenSigner::load_or_create(&path).unwrap();
+        let again = TokenSigner::load_or_create(&path).unwrap();
+        assert_eq!(first.public_key(), again.public_key());
+    }
+}
