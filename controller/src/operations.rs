@@ -33,6 +33,8 @@ pub struct JobView {
     pub hostname: String,
     /// Latest progress, while running.
     pub progress: Option<Progress>,
+    /// Why it has not started yet, if it waits.
+    pub waiting: Option<String>,
 }
 
 /// A machine with its contact and latest job.
@@ -448,6 +450,7 @@ impl Controller {
                     job: job.value.clone(),
                     hostname,
                     progress: registry.progress.get(&job.value.id).cloned(),
+                    waiting: registry.waiting.get(&job.value.id).cloned(),
                 });
             }
         }

@@ -310,3 +310,40 @@ pub fn job_ids_by_hostname(status: &StatusResponse) -> BTreeMap<String, String> 
         .map(|job| (job.hostname.clone(), job.job_id.clone()))
         .collect()
 }
+
+/// Asserts that `destination` holds every file the source of `snapshot` had to
+/// migrate, in its Windows 7 place, with the same content, size, mtime and mode;
+/// and that the source itself was left untouched (a replace never reimages it).
+pub fn assert_replaced(snapshot: &MachineSnapshot, destination: &Path) {
+    let report = fingerprint::compare(&snapshot.expected, destination)
+        .unwrap_or_else(|err| panic!("cannot fingerprint {}: {err}", destination.display()));
+    if !report.is_ok() || report.matched != snapshot.expected.len() as u64 {
+        let mut differences = String::new();
+        for target in report.different.iter().take(10) {
+            let have = fingerprint::fingerprint_file(&destination.join(target));
+            differences.push_str(&format!(
+                "\n    {target}: expected {:?}, found {have:?}",
+                snapshot.expected[target]
+            ));
+        }
+        panic!(
+            "destination {} does not hold the state of {}: {} of {} files matched; {} missing \
+             (first: {:?}); {} different:{differences}",
+            destination.display(),
+            snapshot.root.display(),
+            report.matched,
+            snapshot.expected.len(),
+            report.missing.len(),
+            &report.missing[..report.missing.len().min(10)],
+            report.different.len(),
+        );
+    }
+    let still = fingerprint::expected_after_refresh(&snapshot.root)
+        .unwrap_or_else(|err| panic!("cannot fingerprint {}: {err}", snapshot.root.display()));
+    assert_eq!(
+        still,
+        snapshot.expected,
+        "the source {} changed during its replace migration",
+        snapshot.root.display()
+    );
+}

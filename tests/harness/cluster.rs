@@ -142,6 +142,11 @@ impl Cluster {
         }
     }
 
+    /// The registry of live children, for handles spawned by other modules.
+    pub(crate) fn live_children(&self) -> LiveChildren {
+        self.live.clone()
+    }
+
     /// The cluster's directory.
     pub fn root(&self) -> &Path {
         &self.root
@@ -309,7 +314,7 @@ impl Drop for Cluster {
 
 /// Waits until `child` has written its address to `ready_file`; an error with its log
 /// tail when it exits first or takes too long.
-async fn wait_for_ready_file(
+pub(crate) async fn wait_for_ready_file(
     child: &mut ChildProcess,
     ready_file: &Path,
 ) -> Result<SocketAddr, String> {

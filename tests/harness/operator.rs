@@ -41,6 +41,27 @@ pub async fn wait_for<T>(
     }
 }
 
+/// A one-wave replace plan named `plan` over `(source, destination)` hostnames.
+pub fn replace_plan(plan: &str, wave: &str, max_in_flight: u32, pairs: &[(&str, &str)]) -> String {
+    let pairs: Vec<String> = pairs
+        .iter()
+        .map(|(source, destination)| {
+            format!("  {{ source = {source:?}, destination = {destination:?} }},\n")
+        })
+        .collect();
+    format!(
+        "version = 1\n\
+         name = {plan:?}\n\
+         \n\
+         [[waves]]\n\
+         name = {wave:?}\n\
+         scenario = \"replace\"\n\
+         max_in_flight = {max_in_flight}\n\
+         pairs = [\n{}]\n",
+        pairs.concat()
+    )
+}
+
 /// A one-wave refresh plan named `plan` over `hostnames`.
 pub fn refresh_plan(plan: &str, wave: &str, max_in_flight: u32, hostnames: &[&str]) -> String {
     let hostnames: Vec<String> = hostnames.iter().map(|name| format!("{name:?}")).collect();

@@ -271,6 +271,17 @@ pub fn job_to_wire(view: &JobView) -> v1::JobStatus {
             bytes_total: p.bytes_total,
             current_user: p.current_user.clone(),
         }),
+        destination_hostname: job
+            .destination
+            .as_ref()
+            .map(|d| d.hostname.clone())
+            .unwrap_or_default(),
+        storage_node: job
+            .placement
+            .as_ref()
+            .map(|p| p.node_id.clone())
+            .unwrap_or_default(),
+        waiting: view.waiting.clone().unwrap_or_default(),
     }
 }
 
