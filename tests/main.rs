@@ -5,3 +5,4 @@
 
 mod recovery;
 mod refresh;
+mod replace;

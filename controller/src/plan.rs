@@ -504,6 +504,19 @@ scenario = "replace"
     }
 
     #[test]
+    fn the_example_plan_is_valid() {
+        let source = include_str!("../../examples/plan.toml");
+        let machines: Vec<Machine> = ["PC-0001", "PC-0002", "PC-0003", "PC-0101", "PC-0102"]
+            .iter()
+            .map(|host| machine(host, host))
+            .collect();
+        let plan = parse(source, &machines).unwrap_or_else(|problems| {
+            panic!("examples/plan.toml: {problems:?}");
+        });
+        assert!(plan.waves.iter().any(|w| w.scenario == Scenario::Replace));
+    }
+
+    #[test]
     fn unknown_fields_are_errors() {
         let problems = parse("version = 1\nname = \"p\"\ncolour = 3\n", &[]).unwrap_err();
         assert!(problems[0].message.contains("colour"), "{problems:?}");
