@@ -10,6 +10,8 @@ pub mod config;
 pub mod controller;
 pub mod error;
 pub mod grpc;
+#[cfg(test)]
+mod handover_tests;
 pub mod keys;
 pub mod lifecycle;
 pub mod liveness;
