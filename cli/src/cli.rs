@@ -226,4 +226,17 @@ mod tests {
         assert!(demo.keep);
         assert!(Cli::try_parse_from(["fleetmig", "demo", "--machines", "0"]).is_err());
     }
+
+    #[test]
+    fn demo_replace_pairs_default_to_two_and_zero_disables_them() {
+        let Command::Demo(demo) = parse(&["demo"]).command else {
+            panic!("expected demo");
+        };
+        assert_eq!(demo.replace_pairs, 2);
+        let Command::Demo(demo) = parse(&["demo", "--replace-pairs", "0"]).command else {
+            panic!("expected demo");
+        };
+        assert_eq!(demo.replace_pairs, 0);
+        assert!(Cli::try_parse_from(["fleetmig", "demo", "--replace-pairs", "1000"]).is_err());
+    }
 }

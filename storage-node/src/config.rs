@@ -1,4 +1,5 @@
-//! Command-line configuration of a storage node.
+//! Command-line configuration of a storage node: the server flags
+//! ([`Config`]) and the `scrub` subcommand ([`ScrubArgs`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,7 +21,8 @@ pub struct Config {
     )]
     pub listen: SocketAddr,
 
-    /// Directory holding the node id and (later) the chunk store; created if missing.
+    /// Directory holding the node id, the chunk store and the migration
+    /// records; created if missing.
     #[arg(long, env = "FLEETMIG_STORAGE_DATA_DIR")]
     pub data_dir: PathBuf,
 
@@ -36,9 +38,42 @@ pub struct Config {
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
 
-    /// Below this many free bytes the node stops accepting new captures.
+    /// Free bytes the node never hands out to reservations (the larger of
+    /// this and --min-free-percent applies).
     #[arg(long, default_value_t = 0, env = "FLEETMIG_STORAGE_MIN_FREE_BYTES")]
     pub min_free_bytes: u64,
+
+    /// Percentage of the filesystem the node never hands out to reservations.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_percent)]
+    pub min_free_percent: f64,
+
+    /// Serve restores only: refuse new reservations and captures.
+    #[arg(long)]
+    pub restore_only: bool,
+
+    /// Most client sessions (active captures and restore calls) at once;
+    /// reservations beyond it are refused.
+    #[arg(long, default_value_t = 64)]
+    pub max_clients: u32,
+
+    /// Days a migration is kept after its restore is released (0 = delete
+    /// at once); also how long an expired capture's record is kept.
+    #[arg(long, default_value_t = 7)]
+    pub retention_days: u64,
+
+    /// Retention in milliseconds, overriding --retention-days (tests).
+    #[arg(long, hide = true)]
+    pub retention_ms: Option<u64>,
+
+    /// How often the sweeper expires leases, deletes migrations past their
+    /// retention and garbage-collects chunks.
+    #[arg(long, default_value = "30000", value_parser = parse_millis)]
+    pub sweep_interval_ms: Duration,
+
+    /// File holding the controller's token public key (64 hex characters);
+    /// pins it instead of the key the controller hands out at registration.
+    #[arg(long)]
+    pub token_public_key: Option<PathBuf>,
 
     /// URL workers and the controller reach this node at (default:
     /// `http://` + the bound address, with 127.0.0.1 for an unspecified IP).
@@ -61,10 +96,77 @@ impl Config {
             site: "default".to_owned(),
             ready_file: None,
             min_free_bytes: 0,
+            min_free_percent: 0.0,
+            restore_only: false,
+            max_clients: 64,
+            retention_days: 7,
+            retention_ms: None,
+            sweep_interval_ms: Duration::from_secs(30),
+            token_public_key: None,
             advertise_url: None,
             shutdown_grace_ms: Duration::from_secs(10),
         }
     }
+
+    /// How long a restored migration is kept, in milliseconds.
+    pub fn retention_ms(&self) -> u64 {
+        self.retention_ms
+            .unwrap_or_else(|| self.retention_days.saturating_mul(24 * 60 * 60 * 1000))
+    }
+}
+
+/// The command line: the server (no subcommand) or a maintenance command.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "fleetmig-storage-node",
+    version,
+    about = "fleetmig storage node: the state migration point for replace migrations",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    /// A maintenance command; without one the node serves.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Server flags.
+    #[command(flatten)]
+    pub serve: Option<Config>,
+}
+
+/// Maintenance commands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Re-read every chunk, check its checksum and report corrupt ones
+    /// (exit code 1 when any chunk is corrupt or missing).
+    Scrub(ScrubArgs),
+}
+
+/// Flags of `scrub`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ScrubArgs {
+    /// The storage node's data directory (the node may be stopped).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+
+    /// Move corrupt chunks to quarantine/, so the next capture of the same
+    /// content uploads them again.
+    #[arg(long)]
+    pub quarantine: bool,
+
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_percent(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .parse()
+        .map_err(|err| format!("expected a percentage, got {text:?}: {err}"))?;
+    if !(0.0..=100.0).contains(&value) {
+        return Err(format!("a percentage is between 0 and 100, got {value}"));
+    }
+    Ok(value)
 }
 
 fn parse_millis(text: &str) -> Result<Duration, String> {
@@ -106,5 +208,61 @@ mod tests {
         assert_eq!(config.min_free_bytes, 1024);
         assert_eq!(config.ready_file, Some(PathBuf::from("/tmp/x.addr")));
         assert_eq!(config.shutdown_grace_ms, Duration::from_secs(10));
+        assert_eq!(config.max_clients, 64);
+        assert_eq!(config.retention_ms(), 7 * 24 * 60 * 60 * 1000);
+        assert!(!config.restore_only);
+    }
+
+    #[test]
+    fn without_a_subcommand_the_node_serves() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "fleetmig-storage-node",
+            "--data-dir",
+            "/tmp/x",
+            "--controller",
+            "http://127.0.0.1:7400",
+            "--restore-only",
+            "--min-free-percent",
+            "5",
+            "--retention-days",
+            "0",
+            "--retention-ms",
+            "250",
+            "--token-public-key",
+            "/tmp/key.pub",
+        ])
+        .expect("server flags parse");
+        assert!(cli.command.is_none());
+        let config = cli.serve.expect("server config");
+        assert!(config.restore_only);
+        assert_eq!(config.min_free_percent, 5.0);
+        assert_eq!(config.retention_ms(), 250);
+        assert_eq!(config.token_public_key, Some(PathBuf::from("/tmp/key.pub")));
+        assert!(
+            Cli::try_parse_from(["fleetmig-storage-node", "--data-dir", "/tmp/x"]).is_err(),
+            "--controller is required to serve"
+        );
+        assert!(
+            Cli::try_parse_from(["fleetmig-storage-node", "--min-free-percent", "101"]).is_err()
+        );
+    }
+
+    #[test]
+    fn scrub_needs_only_the_data_dir() {
+        let cli = Cli::try_parse_from([
+            "fleetmig-storage-node",
+            "scrub",
+            "--data-dir",
+            "/srv/storage",
+            "--quarantine",
+        ])
+        .expect("scrub flags parse");
+        let Some(Command::Scrub(args)) = cli.command else {
+            panic!("expected scrub");
+        };
+        assert_eq!(args.data_dir, PathBuf::from("/srv/storage"));
+        assert!(args.quarantine);
+        assert!(!args.json);
     }
 }

@@ -1,9 +1,10 @@
-//! The node's data directory: creation, the stable node id, atomic writes.
+//! The node's data directory: creation, the stable node id, the store's
+//! directories.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::layout::Layout;
 
 /// Name of the file holding the node id inside the data directory.
 pub const NODE_ID_FILE: &str = "node-id";
@@ -31,33 +32,55 @@ pub fn prepare(data_dir: &Path) -> Result<uuid::Uuid> {
     }
 }
 
-/// Writes `contents` to `path` so readers see either nothing or all of it:
-/// a temporary sibling is written, synced and renamed over `path`.
-pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let tmp = temporary_sibling(path);
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            // Make the rename itself durable; not all filesystems allow this.
-            if let Ok(dir) = std::fs::File::open(parent) {
-                let _ = dir.sync_all();
-            }
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
+pub use crate::durable::write_atomically;
 
-fn temporary_sibling(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp.{}", std::process::id()));
-    path.with_file_name(name)
+/// Creates the store's directories (`chunks/` with its 256 shard
+/// directories, `tmp/`, `migrations/`, `quarantine/`) and empties `tmp/` of
+/// writes a previous run left unfinished. Returns how many it removed.
+pub fn prepare_store(layout: &Layout) -> Result<usize> {
+    let create = |path: PathBuf| {
+        std::fs::create_dir_all(&path).map_err(|source| Error::DataDir { path, source })
+    };
+    create(layout.chunks_dir())?;
+    create(layout.migrations_dir())?;
+    create(layout.quarantine_dir())?;
+    create(layout.tmp_dir())?;
+    let mut created_shards = false;
+    for shard in layout.all_shard_dirs() {
+        if !shard.is_dir() {
+            create(shard)?;
+            created_shards = true;
+        }
+    }
+    let sync = |path: PathBuf| {
+        crate::durable::sync_dir(&path).map_err(|source| Error::DataDir { path, source })
+    };
+    if created_shards {
+        sync(layout.chunks_dir())?;
+    }
+    sync(layout.root().to_owned())?;
+
+    let tmp = layout.tmp_dir();
+    let entries = std::fs::read_dir(&tmp).map_err(|source| Error::DataDir {
+        path: tmp.clone(),
+        source,
+    })?;
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry.map_err(|source| Error::DataDir {
+            path: tmp.clone(),
+            source,
+        })?;
+        let path = entry.path();
+        let outcome = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        outcome.map_err(|source| Error::DataDir { path, source })?;
+        removed += 1;
+    }
+    Ok(removed)
 }
 
 #[cfg(test)]
@@ -85,13 +108,17 @@ mod tests {
     }
 
     #[test]
-    fn atomic_write_replaces_and_leaves_no_temporary() {
+    fn store_directories_are_created_and_tmp_is_emptied() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("ready");
-        write_atomically(&path, b"one").expect("write");
-        write_atomically(&path, b"two").expect("overwrite");
-        assert_eq!(std::fs::read(&path).expect("read"), b"two");
-        let entries = std::fs::read_dir(dir.path()).expect("list").count();
-        assert_eq!(entries, 1);
+        let layout = Layout::new(dir.path());
+        assert_eq!(prepare_store(&layout).expect("first start"), 0);
+        assert!(layout.chunks_dir().join("00").is_dir());
+        assert!(layout.chunks_dir().join("ff").is_dir());
+        std::fs::write(layout.tmp_dir().join("leftover.1"), b"half a chunk").expect("write");
+        assert_eq!(prepare_store(&layout).expect("restart"), 1);
+        assert_eq!(
+            std::fs::read_dir(layout.tmp_dir()).expect("list").count(),
+            0
+        );
     }
 }

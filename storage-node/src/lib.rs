@@ -1,16 +1,38 @@
 //! The fleetmig storage node: the state migration point for replace migrations.
 //!
-//! For now the node keeps a stable id in its data directory, serves
-//! `StorageNode::GetCapacity` and keeps itself registered with the
-//! controller's `StorageRegistry`, reporting capacity at the interval the
-//! controller asks for. The content-addressed chunk store comes later.
+//! The node stores sealed chunks by id and the sealed manifests of
+//! migrations; it never sees plaintext, file names or keys. Every call on a
+//! migration carries a capability token the controller signed; the node
+//! verifies it offline with the controller's public key, which it receives
+//! when it registers. See `docs/storage-node.md` for the on-disk layout, the
+//! durability rules and the migration state machine.
+//!
+//! Modules: `node` (the logic, no tonic; `capture` and `restore` add the
+//! calls of each side), `upload` (PutChunks batching),
+//! `chunks` (chunk files), `record` (migration records and their state
+//! machine), `migrations` (the in-memory table), `sweeper` (expiry,
+//! retention, garbage collection), `scrub` (offline integrity check),
+//! `tokens` (the controller's key), `service` (the tonic adapter),
+//! `registration`, `capacity`, `config`, `data_dir`, `durable`, `layout`.
 
 pub mod capacity;
+pub mod capture;
+pub mod chunks;
 pub mod config;
 pub mod data_dir;
+pub mod durable;
 pub mod error;
+pub mod layout;
+pub mod migrations;
+pub mod node;
+pub mod record;
 pub mod registration;
+pub mod restore;
+pub mod scrub;
 pub mod service;
+pub mod sweeper;
+pub mod tokens;
+pub mod upload;
 
 use std::net::SocketAddr;
 
@@ -18,12 +40,17 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::config::Config;
+pub use crate::config::{Cli, Command, Config, ScrubArgs};
 pub use crate::error::{Error, Result};
+pub use crate::node::Node;
 
-use crate::capacity::CapacityProbe;
 use crate::registration::NodeIdentity;
 use crate::service::StorageNodeService;
+
+/// HTTP/2 flow-control window of one stream: a whole chunk in flight.
+const STREAM_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
+/// HTTP/2 flow-control window of one connection.
+const CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
 
 /// Binds `config.listen` and runs the node until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
@@ -44,25 +71,30 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    let node = Node::open(&config).await?;
+    serve_node(node, config, listener, shutdown).await
+}
+
+/// Like [`serve`], for a node the caller opened (tests keep a handle to
+/// call [`Node::sweep`] or [`Node::gc`] directly).
+pub async fn serve_node(
+    node: Node,
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let local_addr = listener.local_addr().map_err(|source| Error::Bind {
         address: config.listen.to_string(),
         source,
     })?;
-    let data_dir = config.data_dir.clone();
-    let node_id = tokio::task::spawn_blocking(move || data_dir::prepare(&data_dir))
-        .await
-        .map_err(|err| Error::Task {
-            task: "data directory",
-            reason: err.to_string(),
-        })??
-        .to_string();
+    let node_id = node.node_id().to_owned();
     let endpoint = advertised_url(&config, local_addr)?;
-    let probe = CapacityProbe::new(config.data_dir.clone(), config.min_free_bytes);
     tracing::info!(
         node_id = %node_id,
         address = %local_addr,
         data_dir = %config.data_dir.display(),
         site = %config.site,
+        restore_only = config.restore_only,
         "storage node starting"
     );
 
@@ -71,13 +103,21 @@ pub async fn serve(
 
     let server = tonic::transport::Server::builder()
         .max_concurrent_streams(fleetmig_proto::MAX_CONCURRENT_STREAMS)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .add_service(StorageNodeService::new(node_id.clone(), probe.clone()).into_server())
+        .add_service(StorageNodeService::new(node.clone()).into_server())
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listener),
             node_shutdown.clone().cancelled_owned(),
         );
     let mut server = tokio::spawn(server);
+    let sweeper = tokio::spawn(sweeper::run(
+        node.clone(),
+        config.sweep_interval_ms,
+        node_shutdown.clone(),
+    ));
 
     // The listener is bound and being served: connections made from now on succeed.
     if let Some(ready_file) = &config.ready_file {
@@ -113,7 +153,7 @@ pub async fn serve(
     let mut registration = tokio::spawn(registration::run(
         identity,
         config.controller.clone(),
-        probe,
+        node.clone(),
         node_shutdown.clone(),
     ));
 
@@ -145,6 +185,8 @@ pub async fn serve(
         }
     };
 
+    node_shutdown.cancel();
+    let _ = sweeper.await;
     if let Some(ready_file) = &config.ready_file {
         // A stale address would mislead whoever waits for the next start.
         let _ = tokio::fs::remove_file(ready_file).await;

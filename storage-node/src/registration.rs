@@ -5,6 +5,9 @@
 //! `report_interval_ms` the controller asked for. A controller that answers
 //! `NotFound` to a report has forgotten the node (e.g. it lost its state), so
 //! the node registers again.
+//!
+//! Each registration answer carries the controller's token public key; the
+//! node keeps it (see `tokens.rs`) to verify capability tokens.
 
 use std::time::Duration;
 
@@ -15,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-use crate::capacity::CapacityProbe;
 use crate::error::{Error, Result};
+use crate::node::Node;
 use crate::service::capacity_report;
 
 /// How long establishing a connection to the controller may take.
@@ -63,14 +66,14 @@ pub fn registry_client(url: &str) -> Result<StorageRegistryClient<Channel>> {
 pub async fn run(
     identity: NodeIdentity,
     controller_url: String,
-    probe: CapacityProbe,
+    node: Node,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let mut client = registry_client(&controller_url)?;
     let registrar = Registrar {
         identity,
         controller_url,
-        probe,
+        node,
     };
     loop {
         let Some(interval) = registrar.register(&mut client, &shutdown).await? else {
@@ -97,7 +100,7 @@ enum ReportEnd {
 struct Registrar {
     identity: NodeIdentity,
     controller_url: String,
-    probe: CapacityProbe,
+    node: Node,
 }
 
 impl Registrar {
@@ -110,7 +113,7 @@ impl Registrar {
     ) -> Result<Option<Duration>> {
         let mut backoff = Backoff::default();
         loop {
-            let outcome = match self.probe.measure().await {
+            let outcome = match self.node.capacity().await {
                 Ok(capacity) => {
                     let request = RegisterNodeRequest {
                         node_id: self.identity.node_id.clone(),
@@ -130,7 +133,9 @@ impl Registrar {
             };
             match outcome {
                 Ok(response) => {
-                    let interval = report_interval(response.into_inner().report_interval_ms);
+                    let response = response.into_inner();
+                    self.take_token_key(response.token_public_key).await;
+                    let interval = report_interval(response.report_interval_ms);
                     tracing::info!(
                         node_id = %self.identity.node_id,
                         controller = %self.controller_url,
@@ -167,6 +172,22 @@ impl Registrar {
         }
     }
 
+    /// Keeps the controller's token key (a bad one is logged: tokens stay
+    /// verifiable with the key held so far).
+    async fn take_token_key(&self, key: Vec<u8>) {
+        if key.is_empty() {
+            tracing::warn!(controller = %self.controller_url, "the controller sent no token key");
+            return;
+        }
+        let tokens = self.node.tokens().clone();
+        let stored = tokio::task::spawn_blocking(move || tokens.offer_blocking(&key)).await;
+        match stored {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::error!(error = %err, "cannot keep the controller's token key"),
+            Err(err) => tracing::error!(error = %err, "token key task failed"),
+        }
+    }
+
     /// Reports capacity every `interval` until shutdown or until the
     /// controller has forgotten the node.
     async fn report(
@@ -182,7 +203,7 @@ impl Registrar {
                 () = shutdown.cancelled() => return ReportEnd::Shutdown,
                 () = tokio::time::sleep(interval) => {}
             }
-            let capacity = match self.probe.measure().await {
+            let capacity = match self.node.capacity().await {
                 Ok(capacity) => capacity,
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot measure capacity; skipping report");

@@ -1,11 +1,24 @@
-//! The tonic adapter: `fleetmig.v1.StorageNode` over [`CapacityProbe`], and
-//! the one place capacity is converted to its wire form.
+//! The tonic adapter: `fleetmig.v1.StorageNode` over [`Node`], and the one
+//! place wire messages are converted to and from the node's types.
+
+use std::pin::Pin;
 
 use fleetmig_proto::v1::storage_node_server::{StorageNode, StorageNodeServer};
-use fleetmig_proto::v1::{CapacityReport, GetCapacityRequest};
-use tonic::{Request, Response, Status};
+use fleetmig_proto::v1::{
+    CapacityReport, ChunkData, CommitRequest, CommitResponse, GetCapacityRequest, GetChunksRequest,
+    GetManifestRequest, GetManifestResponse, MissingChunksRequest, MissingChunksResponse,
+    PutChunkRequest, PutChunksResponse, ReleaseRequest, ReleaseResponse, ReserveRequest,
+    ReserveResponse,
+};
+use futures::{Stream, StreamExt};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
 
-use crate::capacity::{Capacity, CapacityProbe};
+use crate::capacity::Capacity;
+use crate::capture::CommitInput;
+use crate::error::Error;
+use crate::node::Node;
+use crate::upload::ChunkUpload;
 
 /// Wire form of a capacity measurement.
 pub fn capacity_report(node_id: &str, capacity: Capacity) -> CapacityReport {
@@ -16,20 +29,22 @@ pub fn capacity_report(node_id: &str, capacity: Capacity) -> CapacityReport {
         reserved_bytes: capacity.reserved_bytes,
         active_sessions: capacity.active_sessions,
         accepting_captures: capacity.accepting_captures,
+        stored_bytes: capacity.stored_bytes,
+        migrations: capacity.migrations,
+        available_bytes: capacity.available_bytes,
     }
 }
 
 /// Serves `StorageNode` requests.
 #[derive(Debug, Clone)]
 pub struct StorageNodeService {
-    node_id: String,
-    probe: CapacityProbe,
+    node: Node,
 }
 
 impl StorageNodeService {
-    /// A service answering for node `node_id`.
-    pub fn new(node_id: String, probe: CapacityProbe) -> Self {
-        Self { node_id, probe }
+    /// A service answering for `node`.
+    pub fn new(node: Node) -> Self {
+        Self { node }
     }
 
     /// The tonic server for this service, with fleetmig's message-size limits.
@@ -40,13 +55,160 @@ impl StorageNodeService {
     }
 }
 
+/// Logs a refused call (at debug: refusals are the caller's business) and
+/// converts it.
+fn refused(call: &'static str, err: Error) -> Status {
+    tracing::debug!(call, error = %err, "refused");
+    Status::from(err)
+}
+
+/// Stream of chunks answering GetChunks.
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<ChunkData, Status>> + Send + 'static>>;
+
 #[tonic::async_trait]
 impl StorageNode for StorageNodeService {
     async fn get_capacity(
         &self,
         _request: Request<GetCapacityRequest>,
     ) -> Result<Response<CapacityReport>, Status> {
-        let capacity = self.probe.measure().await?;
-        Ok(Response::new(capacity_report(&self.node_id, capacity)))
+        let capacity = self.node.capacity().await?;
+        Ok(Response::new(capacity_report(
+            self.node.node_id(),
+            capacity,
+        )))
+    }
+
+    async fn reserve(
+        &self,
+        request: Request<ReserveRequest>,
+    ) -> Result<Response<ReserveResponse>, Status> {
+        let request = request.into_inner();
+        let reservation = self
+            .node
+            .reserve(request.token.as_ref(), request.bytes, request.lease_ms)
+            .await
+            .map_err(|err| refused("reserve", err))?;
+        Ok(Response::new(ReserveResponse {
+            reserved_bytes: reservation.reserved_bytes,
+            expires_unix_ms: reservation.expires_unix_ms,
+        }))
+    }
+
+    async fn missing_chunks(
+        &self,
+        request: Request<MissingChunksRequest>,
+    ) -> Result<Response<MissingChunksResponse>, Status> {
+        let request = request.into_inner();
+        let missing = self
+            .node
+            .missing_chunks(request.token.as_ref(), &request.chunk_ids)
+            .await
+            .map_err(|err| refused("missing_chunks", err))?;
+        Ok(Response::new(MissingChunksResponse { missing }))
+    }
+
+    async fn put_chunks(
+        &self,
+        request: Request<Streaming<PutChunkRequest>>,
+    ) -> Result<Response<PutChunksResponse>, Status> {
+        let uploads = request.into_inner().map(|message| {
+            message
+                .map(|m| ChunkUpload {
+                    token: m.token,
+                    chunk_id: m.chunk_id,
+                    checksum: m.checksum,
+                    data: m.data,
+                })
+                .map_err(|status| Error::UploadStream {
+                    code: status.code(),
+                    message: status.message().to_owned(),
+                })
+        });
+        let summary = self
+            .node
+            .put_chunks(uploads)
+            .await
+            .map_err(|err| refused("put_chunks", err))?;
+        Ok(Response::new(PutChunksResponse {
+            stored: summary.stored,
+            already_present: summary.already_present,
+            bytes_written: summary.bytes_written,
+        }))
+    }
+
+    async fn commit(
+        &self,
+        request: Request<CommitRequest>,
+    ) -> Result<Response<CommitResponse>, Status> {
+        let request = request.into_inner();
+        let input = CommitInput {
+            manifest: request.manifest,
+            chunk_ids: request.chunk_ids,
+            manifest_digest: request.manifest_digest,
+            logical_bytes: request.logical_bytes,
+        };
+        let summary = self
+            .node
+            .commit(request.token.as_ref(), input)
+            .await
+            .map_err(|err| refused("commit", err))?;
+        Ok(Response::new(CommitResponse {
+            referenced_bytes: summary.referenced_bytes,
+            chunks: u32::try_from(summary.chunks).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn get_manifest(
+        &self,
+        request: Request<GetManifestRequest>,
+    ) -> Result<Response<GetManifestResponse>, Status> {
+        let request = request.into_inner();
+        let (manifest, manifest_digest) = self
+            .node
+            .manifest(request.token.as_ref())
+            .await
+            .map_err(|err| refused("get_manifest", err))?;
+        Ok(Response::new(GetManifestResponse {
+            manifest,
+            manifest_digest,
+        }))
+    }
+
+    type GetChunksStream = ChunkStream;
+
+    async fn get_chunks(
+        &self,
+        request: Request<GetChunksRequest>,
+    ) -> Result<Response<Self::GetChunksStream>, Status> {
+        let request = request.into_inner();
+        let chunks = self
+            .node
+            .chunks(request.token.as_ref(), &request.chunk_ids)
+            .await
+            .map_err(|err| refused("get_chunks", err))?;
+        let stream = ReceiverStream::new(chunks).map(|item| {
+            item.map(|chunk| ChunkData {
+                chunk_id: chunk.id.0.to_vec(),
+                data: chunk.sealed,
+            })
+            .map_err(Status::from)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn release(
+        &self,
+        request: Request<ReleaseRequest>,
+    ) -> Result<Response<ReleaseResponse>, Status> {
+        let request = request.into_inner();
+        let released = self
+            .node
+            .release(request.token.as_ref())
+            .await
+            .map_err(|err| refused("release", err))?;
+        Ok(Response::new(ReleaseResponse {
+            state: released.state.name().to_owned(),
+            delete_after_unix_ms: released.delete_after_unix_ms,
+        }))
     }
 }

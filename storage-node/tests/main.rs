@@ -1,4 +1,14 @@
-//! Integration tests of the storage node, run in-process against a fake
-//! controller registry.
+//! Integration tests of the storage node, run in-process (and, for scrub and
+//! crash recovery, as the real binary) against a fake controller or with a
+//! pinned test key.
 
+mod capture;
+mod crash;
+mod disk_full;
+mod integrity;
+mod limits;
 mod registration;
+mod support;
+mod sweeping;
+mod throughput;
+mod tokens;

@@ -1,5 +1,6 @@
 //! The node registers with a (fake) controller, reports capacity, answers
-//! `GetCapacity`, and re-registers when the controller forgets it.
+//! `GetCapacity`, re-registers when the controller forgets it, and keeps the
+//! token key the controller hands out.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -7,7 +8,8 @@ use std::time::Duration;
 use fleetmig_proto::v1::storage_node_client::StorageNodeClient;
 use fleetmig_proto::v1::storage_registry_server::{StorageRegistry, StorageRegistryServer};
 use fleetmig_proto::v1::{
-    CapacityAck, CapacityReport, GetCapacityRequest, RegisterNodeRequest, RegisterNodeResponse,
+    Capability, CapabilityRole, CapacityAck, CapacityReport, GetCapacityRequest,
+    MissingChunksRequest, RegisterNodeRequest, RegisterNodeResponse,
 };
 use fleetmig_storage_node::{Config, Error};
 use tokio::net::TcpListener;
@@ -34,6 +36,8 @@ struct Script {
     refuse_registrations: bool,
     /// Capacity reports to answer with `NotFound`.
     forget_reports: u32,
+    /// The token key handed out with registrations.
+    token_public_key: Vec<u8>,
 }
 
 #[derive(Clone)]
@@ -59,6 +63,7 @@ impl StorageRegistry for FakeRegistry {
         }
         Ok(Response::new(RegisterNodeResponse {
             report_interval_ms: 50,
+            token_public_key: script.token_public_key.clone(),
         }))
     }
 
@@ -299,5 +304,94 @@ async fn keeps_its_node_id_across_restarts() {
     };
     assert_eq!(second.node_id, first.node_id);
     assert_eq!(second.endpoint, format!("http://{}", fixture.node_addr));
+    fixture.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn keeps_the_controller_token_key_and_accepts_its_tokens() {
+    let signer = fleetmig_auth::TokenSigner::from_seed([77; 32]);
+    let mut fixture = Fixture::start(Script {
+        // The node has no key until it registers: calls are unavailable.
+        unavailable_registrations: 1,
+        token_public_key: signer.public_key().to_vec(),
+        ..Script::default()
+    })
+    .await;
+    let first = fixture.next_registration().await;
+    let node_id = first.node_id;
+    let token = |role: CapabilityRole| {
+        let now = fleetmig_storage_node::node::now_unix_ms();
+        signer.sign(&Capability {
+            machine_id: "pc-1".into(),
+            migration_id: "m1".into(),
+            node_id: node_id.clone(),
+            role: role as i32,
+            issued_unix_ms: now,
+            expires_unix_ms: now + 60_000,
+            fence: 1,
+        })
+    };
+    let mut client = StorageNodeClient::connect(format!("http://{}", fixture.node_addr))
+        .await
+        .expect("connect to node");
+    let key_file = fixture.config.data_dir.join("controller-token.pub");
+    let text = wait_for_file(&key_file).await;
+    assert_eq!(text.trim(), hex::encode(signer.public_key()));
+    let missing = client
+        .missing_chunks(MissingChunksRequest {
+            token: Some(token(CapabilityRole::Capture)),
+            chunk_ids: vec![1; 32],
+        })
+        .await
+        .expect("tokens verify with the controller's key")
+        .into_inner();
+    assert_eq!(missing.missing, vec![0]);
+
+    // A restarted node knows the key before it reaches the controller.
+    fixture.restart_node().await;
+    let mut client = StorageNodeClient::connect(format!("http://{}", fixture.node_addr))
+        .await
+        .expect("connect to node");
+    let capacity = client
+        .get_capacity(GetCapacityRequest {})
+        .await
+        .expect("GetCapacity")
+        .into_inner();
+    assert_eq!(capacity.migrations, 1);
+    client
+        .missing_chunks(MissingChunksRequest {
+            token: Some(token(CapabilityRole::Capture)),
+            chunk_ids: vec![1; 32],
+        })
+        .await
+        .expect("the stored key is loaded at startup");
+    fixture.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn without_a_key_migration_calls_are_unavailable() {
+    let fixture = Fixture::start(Script {
+        refuse_registrations: false,
+        unavailable_registrations: u32::MAX,
+        ..Script::default()
+    })
+    .await;
+    let mut client = StorageNodeClient::connect(format!("http://{}", fixture.node_addr))
+        .await
+        .expect("connect to node");
+    let status = client
+        .missing_chunks(MissingChunksRequest {
+            token: None,
+            chunk_ids: vec![1; 32],
+        })
+        .await
+        .expect_err("no key yet");
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(
+        status
+            .message()
+            .contains("node has no controller public key yet"),
+        "{status:?}"
+    );
     fixture.stop().await.expect("clean shutdown");
 }

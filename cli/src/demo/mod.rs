@@ -1,11 +1,16 @@
-//! `fleetmig demo`: a whole refresh migration on this machine.
+//! `fleetmig demo`: a refresh wave and a replace wave on this machine.
 //!
 //! Starts a controller and a storage node from the binaries next to
 //! `fleetmig`, generates simulated XP machines with `fleetmig-worker simulate
-//! gen-machine`, fingerprints them, starts one worker agent per machine,
-//! applies a one-wave plan, follows the wave to the end, and compares every
-//! restored file with its original. Children log to `WORK/logs/<name>.log`
-//! and are always stopped (SIGTERM, then SIGKILL) before the command returns.
+//! gen-machine` (`PC-0001`.. to refresh in place, `XP-R01`.. to replace) and
+//! fingerprints them, creates an empty destination machine per replace
+//! source (`W7-R01`..), starts one worker agent per machine, applies a plan
+//! with a refresh wave and (unless `--replace-pairs 0`) a replace wave, follows
+//! both to the end, and compares every restored file with its original: on
+//! the refreshed machine itself, or on the replace destination, whose state
+//! travels through the storage node. Every replace source must be left as it
+//! was. Children log to `WORK/logs/<name>.log` and are always stopped
+//! (SIGTERM, then SIGKILL) before the command returns.
 
 mod machines;
 mod plan_file;
@@ -38,9 +43,13 @@ const CHECKIN_INTERVAL_MS: u32 = 500;
 /// `fleetmig demo` options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
-    /// Simulated XP machines to migrate.
+    /// Simulated XP machines to refresh in place.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=9999))]
     pub machines: u32,
+    /// XP machines to replace with new (empty) hardware through the storage
+    /// node; 0 runs the refresh wave only.
+    #[arg(long, default_value_t = 2, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=999))]
+    pub replace_pairs: u32,
     /// User profiles per machine.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     pub users: u32,
@@ -53,7 +62,7 @@ pub struct DemoArgs {
     /// Use this (missing or empty) directory instead of a temporary one; it is kept.
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
-    /// Give up if the wave has not finished after this many seconds.
+    /// Give up if the waves have not finished after this many seconds.
     #[arg(long, default_value_t = 300, value_name = "SECS")]
     pub timeout_secs: u64,
 }
@@ -72,8 +81,9 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     let binaries = Binaries::locate()?;
     let work = WorkDir::create(args.work_dir.as_deref(), args.keep)?;
     output::emit(&format!(
-        "fleetmig demo: {} machines, {} users each, {} files per user; work dir {}",
+        "fleetmig demo: {} machines to refresh, {} to replace, {} users each, {} files per user; work dir {}",
         args.machines,
+        args.replace_pairs,
         args.users,
         args.files,
         work.path().display()
@@ -162,22 +172,51 @@ async fn drive(
     output::emit(&format!("storage node listening on http://{storage_addr}"))?;
 
     // 3. Machines and their agents.
-    let machines = machines::generate(args, binaries, work_dir, fleet).await?;
-    machines::start_agents(&machines, binaries, &controller_url, fleet)?;
+    let mut specs = machines::refresh_specs(args.machines);
+    specs.extend(machines::replace_source_specs(args.replace_pairs));
+    let mut machines = machines::generate(specs, args, binaries, work_dir, fleet).await?;
+    let sources = machines.split_off(args.machines as usize);
+    let pairs = machines::pair_up(sources, work_dir).await?;
+    let agents = machines
+        .iter()
+        .map(|machine| (machine.hostname.as_str(), machine.root.as_path()))
+        .chain(pairs.iter().flat_map(|pair| {
+            [
+                (pair.source.hostname.as_str(), pair.source.root.as_path()),
+                (pair.destination.as_str(), pair.destination_root.as_path()),
+            ]
+        }));
+    machines::start_agents(agents, binaries, &controller_url, fleet)?;
     let hostnames: Vec<String> = machines.iter().map(|m| m.hostname.clone()).collect();
+    let enrolling: Vec<String> = hostnames
+        .iter()
+        .cloned()
+        .chain(
+            pairs
+                .iter()
+                .flat_map(|pair| [pair.source.hostname.clone(), pair.destination.clone()]),
+        )
+        .collect();
     let mut client = client::connect(&controller_url).await?;
     machines::wait_for_enrollment(
         &mut client,
         &controller_url,
         fleet,
-        &hostnames,
+        &enrolling,
         ENROLL_TIMEOUT,
     )
     .await?;
 
-    // 4. Plan and wave.
+    // 4. Plan and waves.
     let plan_path = work_dir.join("plan.toml");
-    let plan = plan_file::render(&hostnames);
+    let plan_pairs: Vec<plan_file::Pair<'_>> = pairs
+        .iter()
+        .map(|pair| plan_file::Pair {
+            source: &pair.source.hostname,
+            destination: &pair.destination,
+        })
+        .collect();
+    let plan = plan_file::render(&hostnames, &plan_pairs);
     tokio::fs::write(&plan_path, &plan)
         .await
         .with_context(|| format!("cannot write {}", plan_path.display()))?;
@@ -201,23 +240,39 @@ async fn drive(
         &applied.plan,
         &applied.waves,
     ))?;
-    let wave = plan_file::WAVE_NAME;
-    client
-        .start_wave(WaveRequest {
-            wave: wave.to_owned(),
-            actor: crate::commands::operator_actor(),
-        })
-        .await
-        .map_err(|status| rpc_error(&controller_url, &format!("start wave {wave}"), &status))?;
-    output::emit(&format!("started wave {wave}"))?;
+    let mut waves = vec![progress::FollowedWave {
+        name: plan_file::WAVE_NAME,
+        expected_jobs: machines.len(),
+    }];
+    if !pairs.is_empty() {
+        waves.push(progress::FollowedWave {
+            name: plan_file::REPLACE_WAVE_NAME,
+            expected_jobs: pairs.len(),
+        });
+    }
+    for wave in &waves {
+        client
+            .start_wave(WaveRequest {
+                wave: wave.name.to_owned(),
+                actor: crate::commands::operator_actor(),
+            })
+            .await
+            .map_err(|status| {
+                rpc_error(
+                    &controller_url,
+                    &format!("start wave {}", wave.name),
+                    &status,
+                )
+            })?;
+        output::emit(&format!("started wave {}", wave.name))?;
+    }
 
-    // 5. Follow it to the end.
+    // 5. Follow both to the end.
     let status = progress::follow(
         &mut client,
         &controller_url,
         fleet,
-        wave,
-        machines.len(),
+        &waves,
         Duration::from_secs(args.timeout_secs),
     )
     .await?;
@@ -230,13 +285,15 @@ async fn drive(
         .iter()
         .filter(|job| output::phase_of(job.phase) != fleetmig_proto::v1::JobPhase::Done)
         .count();
-    let verification = report::verify(machines, &status.jobs).await?;
+    // Refresh machines and replace destinations hold restored files.
+    let restored_machines = machines.len() + pairs.len();
+    let verification = report::verify(machines, pairs, &status.jobs).await?;
     output::emit(&report::render_verdict(
         &verification,
         not_done,
         status.jobs.len(),
     ))?;
-    if not_done == 0 && verification.is_ok() && verification.machines == hostnames.len() {
+    if not_done == 0 && verification.is_ok() && verification.machines == restored_machines {
         Ok(Verdict::Success)
     } else {
         Ok(Verdict::Failure)

@@ -1,4 +1,5 @@
-//! Following the demo wave: a line per job change until every job is over.
+//! Following the demo's waves: a line per job change until every job of
+//! every wave is over.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -10,27 +11,37 @@ use super::processes::Fleet;
 use crate::client::{OperatorClient, rpc_error};
 use crate::output::{self, is_terminal, phase_of};
 
-/// How often the controller is asked for the wave's status.
+/// How often the controller is asked for the waves' status.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// Consecutive failed polls tolerated before giving up.
 const MAX_FAILED_POLLS: u32 = 40;
+
+/// A wave being followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FollowedWave<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// Jobs it will have once started (one a machine or pair).
+    pub expected_jobs: usize,
+}
 
 /// What was last shown for a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Shown {
     phase: JobPhase,
     attempt: u32,
+    waiting: String,
 }
 
-/// Polls `GetStatus` for `wave` every 250 ms, printing each job's changes,
-/// until every one of its `expected_jobs` jobs is done, failed or skipped.
-/// Returns the final status.
+/// Polls `GetStatus` every 250 ms, printing each job's changes, until every
+/// wave of `waves` is over: all its expected jobs done, failed or skipped, or
+/// the wave stopped with nothing running. Returns the final status, holding
+/// only those waves and their jobs.
 pub async fn follow(
     client: &mut OperatorClient,
     controller_url: &str,
     fleet: &mut Fleet,
-    wave: &str,
-    expected_jobs: usize,
+    waves: &[FollowedWave<'_>],
     timeout: Duration,
 ) -> anyhow::Result<StatusResponse> {
     let started = Instant::now();
@@ -38,15 +49,11 @@ pub async fn follow(
     let mut failed_polls = 0;
     loop {
         fleet.check_alive()?;
-        let status = match client
-            .get_status(StatusRequest {
-                wave: wave.to_owned(),
-            })
-            .await
-        {
+        // An empty wave name asks for every wave; the others are filtered out.
+        let status = match client.get_status(StatusRequest::default()).await {
             Ok(response) => {
                 failed_polls = 0;
-                response.into_inner()
+                only_waves(response.into_inner(), waves)
             }
             Err(status) => {
                 failed_polls += 1;
@@ -61,7 +68,7 @@ pub async fn follow(
         for line in changes(&status.jobs, &mut shown, started.elapsed()) {
             output::emit(&line)?;
         }
-        if is_finished(&status, wave, expected_jobs) {
+        if waves.iter().all(|wave| is_finished(&status, wave)) {
             return Ok(status);
         }
         if started.elapsed() >= timeout {
@@ -70,10 +77,13 @@ pub async fn follow(
                 .iter()
                 .filter(|job| !is_terminal(phase_of(job.phase)))
                 .take(10)
-                .map(|job| format!("{} ({})", job.hostname, output::phase_label(job.phase)))
+                .map(|job| format!("{} ({})", job_label(job), output::phase_label(job.phase)))
                 .collect();
+            let names: Vec<&str> = waves.iter().map(|wave| wave.name).collect();
             bail!(
-                "wave {wave} did not finish within {}s; still running: {}",
+                "wave{} {} did not finish within {}s; still running: {}",
+                if names.len() == 1 { "" } else { "s" },
+                names.join(", "),
                 timeout.as_secs(),
                 waiting.join(", ")
             );
@@ -82,7 +92,26 @@ pub async fn follow(
     }
 }
 
-/// Lines for the jobs whose phase or attempt changed since last shown.
+/// `status` with only the followed waves and their jobs.
+fn only_waves(mut status: StatusResponse, waves: &[FollowedWave<'_>]) -> StatusResponse {
+    let followed = |name: &str| waves.iter().any(|wave| wave.name == name);
+    status.waves.retain(|summary| followed(&summary.name));
+    status.jobs.retain(|job| followed(&job.wave));
+    status
+}
+
+/// The machine a job is about: the hostname, and for a replace job the
+/// destination too (`XP-R01 -> W7-R01`).
+pub fn job_label(job: &JobStatus) -> String {
+    if job.destination_hostname.is_empty() {
+        job.hostname.clone()
+    } else {
+        format!("{} -> {}", job.hostname, job.destination_hostname)
+    }
+}
+
+/// Lines for the jobs whose phase, attempt or reason for waiting changed
+/// since last shown.
 fn changes(
     jobs: &[JobStatus],
     shown: &mut HashMap<String, Shown>,
@@ -94,6 +123,7 @@ fn changes(
         let now = Shown {
             phase: phase_of(job.phase),
             attempt: job.attempt,
+            waiting: job.waiting.clone(),
         };
         if shown.get(&job.job_id) == Some(&now) {
             continue;
@@ -106,11 +136,14 @@ fn changes(
         let mut line = format!(
             "  +{:<7} {:<10} {}",
             output::format_duration(elapsed),
-            job.hostname,
+            job_label(job),
             fleetmig_proto::phase_name(now.phase)
         );
         if retry {
             line.push_str(&format!(" (attempt {})", now.attempt));
+        }
+        if now.phase == JobPhase::Pending && !now.waiting.is_empty() {
+            line.push_str(&format!(" (waiting: {})", now.waiting));
         }
         if let Some(failure) = job
             .failure
@@ -133,20 +166,22 @@ fn changes(
     lines
 }
 
-/// Whether the wave is over: every expected job is terminal, or the wave was
-/// halted or aborted and nothing is running any more.
-fn is_finished(status: &StatusResponse, wave: &str, expected_jobs: usize) -> bool {
-    let all_terminal = status
+/// Whether `wave` is over: every one of its expected jobs is terminal, or the
+/// wave was halted or aborted and none of its jobs is running any more.
+fn is_finished(status: &StatusResponse, wave: &FollowedWave<'_>) -> bool {
+    let jobs: Vec<&JobStatus> = status
         .jobs
         .iter()
-        .all(|job| is_terminal(phase_of(job.phase)));
-    if status.jobs.len() >= expected_jobs && all_terminal {
+        .filter(|job| job.wave == wave.name)
+        .collect();
+    let all_terminal = jobs.iter().all(|job| is_terminal(phase_of(job.phase)));
+    if jobs.len() >= wave.expected_jobs && all_terminal {
         return true;
     }
     let stopped = status.waves.iter().any(|summary| {
-        summary.name == wave && matches!(summary.state.as_str(), "halted" | "aborted")
+        summary.name == wave.name && matches!(summary.state.as_str(), "halted" | "aborted")
     });
-    let none_running = status.jobs.iter().all(|job| {
+    let none_running = jobs.iter().all(|job| {
         let phase = phase_of(job.phase);
         is_terminal(phase) || phase == JobPhase::Pending
     });
@@ -161,6 +196,7 @@ mod tests {
     fn job(id: &str, phase: JobPhase, attempt: u32) -> JobStatus {
         JobStatus {
             job_id: id.into(),
+            wave: "w".into(),
             hostname: format!("PC-{id}"),
             phase: phase as i32,
             attempt,
@@ -169,6 +205,30 @@ mod tests {
                 ..Failure::default()
             }),
             ..JobStatus::default()
+        }
+    }
+
+    fn replace_job(id: &str, phase: JobPhase) -> JobStatus {
+        JobStatus {
+            wave: "r".into(),
+            hostname: format!("XP-{id}"),
+            destination_hostname: format!("W7-{id}"),
+            ..job(id, phase, 0)
+        }
+    }
+
+    fn wave(name: &str, state: &str) -> WaveSummary {
+        WaveSummary {
+            name: name.into(),
+            state: state.into(),
+            ..WaveSummary::default()
+        }
+    }
+
+    fn followed(name: &str, expected_jobs: usize) -> FollowedWave<'_> {
+        FollowedWave {
+            name,
+            expected_jobs,
         }
     }
 
@@ -200,25 +260,84 @@ mod tests {
     }
 
     #[test]
+    fn replace_jobs_show_their_destination_and_why_they_wait() {
+        let mut shown = HashMap::new();
+        let elapsed = Duration::from_millis(1500);
+        let mut pending = replace_job("R01", JobPhase::Pending);
+        let lines = changes(std::slice::from_ref(&pending), &mut shown, elapsed);
+        assert!(lines[0].contains("XP-R01 -> W7-R01 pending"), "{lines:?}");
+        assert!(!lines[0].contains("waiting"), "{lines:?}");
+
+        pending.waiting = "no storage node has room".into();
+        let lines = changes(std::slice::from_ref(&pending), &mut shown, elapsed);
+        assert!(
+            lines[0].contains("pending (waiting: no storage node has room)"),
+            "{lines:?}"
+        );
+        assert!(changes(&[pending], &mut shown, elapsed).is_empty());
+        assert_eq!(job_label(&job("1", JobPhase::Done, 1)), "PC-1");
+    }
+
+    #[test]
     fn finished_when_all_jobs_are_over_or_the_wave_stopped() {
         let mut status = StatusResponse {
             jobs: vec![job("1", JobPhase::Done, 1), job("2", JobPhase::Pending, 0)],
-            waves: vec![WaveSummary {
-                name: "w".into(),
-                state: "running".into(),
-                ..WaveSummary::default()
-            }],
+            waves: vec![wave("w", "running")],
             ..StatusResponse::default()
         };
-        assert!(!is_finished(&status, "w", 2));
+        assert!(!is_finished(&status, &followed("w", 2)));
         status.waves[0].state = "halted".into();
-        assert!(is_finished(&status, "w", 2));
+        assert!(is_finished(&status, &followed("w", 2)));
         status.jobs[1] = job("2", JobPhase::Skipped, 0);
         status.waves[0].state = "running".into();
-        assert!(is_finished(&status, "w", 2));
+        assert!(is_finished(&status, &followed("w", 2)));
         assert!(
-            !is_finished(&status, "w", 3),
+            !is_finished(&status, &followed("w", 3)),
             "a job is still to be created"
         );
+    }
+
+    #[test]
+    fn each_wave_is_judged_by_its_own_jobs() {
+        let status = StatusResponse {
+            jobs: vec![
+                job("1", JobPhase::Done, 1),
+                replace_job("R01", JobPhase::Restoring),
+            ],
+            waves: vec![wave("w", "completed"), wave("r", "running")],
+            ..StatusResponse::default()
+        };
+        assert!(is_finished(&status, &followed("w", 1)));
+        assert!(!is_finished(&status, &followed("r", 1)));
+        assert!(
+            !is_finished(&status, &followed("w", 2)),
+            "the replace job is not one of the refresh wave's"
+        );
+    }
+
+    #[test]
+    fn status_keeps_only_the_followed_waves() {
+        let mut other = job("9", JobPhase::Capturing, 1);
+        other.wave = "someone-elses".into();
+        let status = StatusResponse {
+            jobs: vec![
+                job("1", JobPhase::Done, 1),
+                other,
+                replace_job("R01", JobPhase::Done),
+            ],
+            waves: vec![
+                wave("w", "completed"),
+                wave("someone-elses", "running"),
+                wave("r", "completed"),
+            ],
+            machines: 4,
+            ..StatusResponse::default()
+        };
+        let kept = only_waves(status, &[followed("w", 1), followed("r", 1)]);
+        let names: Vec<&str> = kept.waves.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["w", "r"]);
+        let hosts: Vec<&str> = kept.jobs.iter().map(|j| j.hostname.as_str()).collect();
+        assert_eq!(hosts, ["PC-1", "XP-R01"]);
+        assert_eq!(kept.machines, 4);
     }
 }
