@@ -57,7 +57,9 @@ async fn replace_wave_restores_on_the_associated_destinations() {
         .await;
 
     let pairs = [("XP-1", "W7-1"), ("XP-2", "W7-2"), ("XP-3", "W7-3")];
-    cluster.apply_plan(&replace_plan("p", "swap", 3, &pairs)).await;
+    cluster
+        .apply_plan(&replace_plan("p", "swap", 3, &pairs))
+        .await;
     cluster.start_wave("swap").await;
     let jobs = job_ids_by_hostname(&cluster.status("swap").await);
     assert_eq!(jobs.len(), 3, "one job per pair: {jobs:?}");
@@ -75,7 +77,10 @@ async fn replace_wave_restores_on_the_associated_destinations() {
         .await
         .expect("an enrolled machine may check in")
         .into_inner();
-    assert!(check_in.assignment.is_none(), "the intruder got {check_in:?}");
+    assert!(
+        check_in.assignment.is_none(),
+        "the intruder got {check_in:?}"
+    );
 
     let status = cluster
         .wait_for_all_done("swap", 3, Duration::from_secs(120))
@@ -96,7 +101,12 @@ async fn replace_wave_restores_on_the_associated_destinations() {
 
     for ((source, _, snapshot), (destination, root)) in sources.iter().zip(&destinations) {
         let done = job(&status, &jobs[*source]);
-        assert_eq!(done.destination_hostname, *destination, "{}", describe_jobs(&status));
+        assert_eq!(
+            done.destination_hostname,
+            *destination,
+            "{}",
+            describe_jobs(&status)
+        );
         assert!(!done.storage_node.is_empty(), "{}", describe_jobs(&status));
         assert_replaced(snapshot, root);
     }
@@ -143,7 +153,10 @@ async fn a_corrupt_chunk_fails_the_restore_and_scrub_reports_it() {
     let job_id = job_ids_by_hostname(&cluster.status("swap").await)["XP-C"].clone();
     wait_for(
         async || {
-            let status = cluster.try_status("swap").await.map_err(|e| e.to_string())?;
+            let status = cluster
+                .try_status("swap")
+                .await
+                .map_err(|e| e.to_string())?;
             match job(&status, &job_id).phase() {
                 JobPhase::Captured => Ok(()),
                 _ => Err(describe_jobs(&status)),
@@ -170,7 +183,10 @@ async fn a_corrupt_chunk_fails_the_restore_and_scrub_reports_it() {
     let _destination_worker = cluster.start_worker(&destination, &[]);
     let failed = wait_for(
         async || {
-            let status = cluster.try_status("swap").await.map_err(|e| e.to_string())?;
+            let status = cluster
+                .try_status("swap")
+                .await
+                .map_err(|e| e.to_string())?;
             let job = job(&status, &job_id);
             match job.phase() {
                 JobPhase::Failed => Ok(job.failure.clone().unwrap_or_default()),
@@ -197,7 +213,10 @@ async fn a_corrupt_chunk_fails_the_restore_and_scrub_reports_it() {
         .expect("scrub runs");
     let report = String::from_utf8_lossy(&scrub.stdout);
     assert_eq!(scrub.status.code(), Some(1), "scrub must fail: {report}");
-    assert!(report.contains(&chunk_id), "scrub must name {chunk_id}: {report}");
+    assert!(
+        report.contains(&chunk_id),
+        "scrub must name {chunk_id}: {report}"
+    );
 }
 
 /// A node whose disk cannot hold the capture refuses the reservation: the job
@@ -241,10 +260,16 @@ async fn a_full_node_refuses_cleanly() {
     let job_id = job_ids_by_hostname(&cluster.status("swap").await)["XP-F"].clone();
     let reason = wait_for(
         async || {
-            let status = cluster.try_status("swap").await.map_err(|e| e.to_string())?;
+            let status = cluster
+                .try_status("swap")
+                .await
+                .map_err(|e| e.to_string())?;
             let job = job(&status, &job_id);
             if job.phase() != JobPhase::Pending {
-                panic!("a job no node can hold must wait: {}", describe_jobs(&status));
+                panic!(
+                    "a job no node can hold must wait: {}",
+                    describe_jobs(&status)
+                );
             }
             if job.waiting.is_empty() {
                 Err(describe_jobs(&status))

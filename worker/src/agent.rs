@@ -31,6 +31,8 @@ pub struct JobContext {
     pub phase: JobPhase,
     /// Capture options from the plan.
     pub capture: v1::CaptureOptions,
+    /// Replace jobs: the storage node, capability and keys for this job.
+    pub replace: Option<v1::ReplaceTransfer>,
     /// Live progress, streamed by the heartbeat.
     pub progress: watch::Sender<Snapshot>,
     /// Fault injection: delay after each captured file.
@@ -246,6 +248,7 @@ impl Agent {
             fence: assignment.fence,
             phase,
             capture: assignment.capture.clone().unwrap_or_default(),
+            replace: assignment.replace.clone(),
             progress,
             fault_capture_delay: self
                 .config
@@ -267,6 +270,7 @@ impl Agent {
         ));
         let result = match Scenario::try_from(assignment.scenario) {
             Ok(Scenario::Refresh) => refresh::run(&ctx, &self.hook).await,
+            Ok(Scenario::Replace) => crate::replace::run(&ctx).await,
             _ => Err(Error::BadAssignment {
                 job_id: job_id.clone(),
                 reason: format!(
@@ -292,7 +296,11 @@ impl Agent {
                 let failed_in = ctx.current_phase();
                 // Nothing destructive has happened before the reimage, so a
                 // failed capture may simply be tried again.
-                let retryable = matches!(failed_in, JobPhase::Assigned | JobPhase::Capturing);
+                // A replace destination only writes new files, so its
+                // restore may be tried again too.
+                let retryable = matches!(failed_in, JobPhase::Assigned | JobPhase::Capturing)
+                    || (assignment.scenario == Scenario::Replace as i32
+                        && matches!(failed_in, JobPhase::Restoring | JobPhase::Verifying));
                 tracing::error!(%job_id, error = %err, phase = fleetmig_proto::phase_name(failed_in), "job failed");
                 ctx.record("job.failed", err.to_string()).await?;
                 let report = v1::PhaseReport {

@@ -83,6 +83,68 @@ pub enum Error {
         /// Bytes available on its filesystem.
         available: u64,
     },
+    /// The packed format refused something: a key file, a sealed manifest or chunk, a hostile
+    /// manifest entry, a file whose content does not match its hash.
+    #[error(transparent)]
+    Format(#[from] fleetmig_format::Error),
+    /// A chunk fetched for a restore is corrupt or missing: names the file being restored.
+    #[error("restore of {path}: chunk {chunk}: {reason}")]
+    CorruptChunk {
+        /// Target path (relative to the restore root) of the file that needed the chunk.
+        path: String,
+        /// The chunk id, hex.
+        chunk: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A packed store (directory) already holds a capture.
+    #[error("packed store {0} already holds a capture; pass --overwrite to replace its manifest")]
+    PackedStoreExists(PathBuf),
+    /// A packed store (directory) is unusable: unreadable `store.json`, capture never committed,
+    /// a chunk missing.
+    #[error("packed store {path}: {reason}")]
+    PackedStoreInvalid {
+        /// The store directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The storage node cannot be reached (or kept failing): worth retrying later.
+    #[error("storage node {node} unreachable: {message}")]
+    NodeUnavailable {
+        /// Node id and endpoint.
+        node: String,
+        /// The last transport error.
+        message: String,
+    },
+    /// The storage node has no room left for this migration.
+    #[error("storage node {node} is full: {message}")]
+    NodeFull {
+        /// Node id and endpoint.
+        node: String,
+        /// The node's message.
+        message: String,
+    },
+    /// The storage node lost data it had acknowledged (a chunk failed its checksum).
+    #[error("storage node {node} lost data: {message}")]
+    NodeDataLoss {
+        /// Node id and endpoint.
+        node: String,
+        /// The node's message (names the chunk).
+        message: String,
+    },
+    /// The storage node refused a call (capability, migration state, bad request).
+    #[error("storage node {node} refused {call}: {code}: {message}")]
+    NodeRefused {
+        /// Node id and endpoint.
+        node: String,
+        /// The call refused.
+        call: &'static str,
+        /// The gRPC status code.
+        code: String,
+        /// The node's message.
+        message: String,
+    },
 }
 
 /// Result alias for the worker.
@@ -95,5 +157,14 @@ impl Error {
             path: path.into(),
             source,
         }
+    }
+
+    /// Whether trying the same step again later may succeed (the storage node was unreachable
+    /// or the worker was stopped), as opposed to a failure that needs someone to act.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::NodeUnavailable { .. } | Error::Shutdown | Error::Controller(_)
+        )
     }
 }

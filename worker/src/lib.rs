@@ -15,7 +15,9 @@ pub mod error;
 pub mod hook;
 pub mod identity;
 pub mod offline;
+pub mod packed;
 pub mod refresh;
+pub mod replace;
 pub mod telemetry;
 
 pub use error::{Error, Result};

@@ -14,9 +14,27 @@ pub struct ScanArgs {
     /// The store directory to create (on the same filesystem as the machine for --hardlink).
     #[arg(long, value_name = "PATH")]
     pub store: PathBuf,
-    /// Write a hard-link store (required: the packed format is not available yet).
+    /// Write a hard-link store: no data is copied (exactly one of --hardlink and --packed).
     #[arg(long)]
     pub hardlink: bool,
+    /// Write a packed store: deduplicated, compressed and encrypted chunks plus a sealed
+    /// manifest, anywhere (needs --key-file).
+    #[arg(long)]
+    pub packed: bool,
+    /// The fleet key file of a packed store (64 hex characters); keep it: the store cannot be
+    /// loaded without it.
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Create --key-file with a new random key (mode 0600) when it does not exist.
+    #[arg(long)]
+    pub create_key: bool,
+    /// The metadata cache of a packed scan: files unchanged since the last scan are not read
+    /// again (default: <machine-root>/_fleetmig/packcache.bin).
+    #[arg(long, value_name = "FILE")]
+    pub cache_file: Option<PathBuf>,
+    /// Read every file: neither use nor update the metadata cache.
+    #[arg(long)]
+    pub no_cache: bool,
     /// USMT-style XML rule file (MigUser.xml, MigDocs.xml, custom); repeatable, merged in order.
     /// Without any, the built-in rules apply.
     #[arg(long = "rules", value_name = "FILE")]
@@ -51,7 +69,8 @@ pub struct ScanArgs {
     pub json: bool,
 }
 
-/// `load`: restore a store into the Windows 7 layout, then verify (like USMT LoadState).
+/// `load`: restore a store (hard-link or packed) into the Windows 7 layout, then verify (like
+/// USMT LoadState).
 #[derive(Debug, Clone, clap::Args)]
 #[command(after_help = EXIT_CODES_HELP)]
 pub struct LoadArgs {
@@ -59,8 +78,11 @@ pub struct LoadArgs {
     #[arg(long, value_name = "PATH")]
     pub store: PathBuf,
     /// Root of the (Windows 7) machine to restore into.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, visible_alias = "target-root", value_name = "DIR")]
     pub machine_root: PathBuf,
+    /// The fleet key file a packed store was written with.
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
     /// Restore profile OLD as NEW, under Users/NEW (USMT /mu); repeatable.
     #[arg(long = "user-map", value_name = "OLD=NEW", value_parser = parse_user_map)]
     pub user_map: Vec<(String, String)>,

@@ -27,7 +27,7 @@ pub enum Code {
     /// The store is invalid or corrupt: no seal, manifest tampered with, files that no longer
     /// match the manifest.
     StoreInvalid = 13,
-    /// Wrong decryption key (reserved for packed, encrypted stores).
+    /// The key does not open the packed store (its manifest fails authentication).
     WrongKey = 14,
     /// Not enough free space for the store, or the disk filled up.
     OutOfSpace = 15,
@@ -75,7 +75,7 @@ Exit codes (see docs/exit-codes.md):
   11  bad arguments (options, patterns, paths, store location)
   12  store already exists and is not empty (use --overwrite)
   13  store invalid or corrupt (unsealed, tampered with, files changed)
-  14  wrong key (reserved for packed, encrypted stores)
+  14  wrong key (the key file does not open the packed store)
   15  out of disk space
   16  i/o error on a locked or unreadable file
   17  restore does not verify against the store (load)";
@@ -90,6 +90,13 @@ pub fn code_of(error: &Error) -> Code {
         Error::NotAStore(_) => Code::StoreInvalid,
         Error::VerificationFailed { what, .. } if *what == "restore" => Code::VerifyFailed,
         Error::VerificationFailed { .. } => Code::StoreInvalid,
+        Error::Format(error) => code_of_format(error),
+        Error::CorruptChunk { .. } | Error::PackedStoreInvalid { .. } => Code::StoreInvalid,
+        Error::PackedStoreExists(_) => Code::StoreExists,
+        Error::NodeFull { .. } => Code::OutOfSpace,
+        Error::NodeUnavailable { .. } | Error::NodeDataLoss { .. } | Error::NodeRefused { .. } => {
+            Code::Failure
+        }
         Error::AgentState { .. }
         | Error::Controller(_)
         | Error::BadUrl { .. }
@@ -118,6 +125,24 @@ pub fn code_of_state(error: &fleetmig_state::Error) -> Code {
         | E::PathEscapes { .. }
         | E::StoreMismatch { .. } => Code::StoreInvalid,
         E::NonUtf8Name { .. } => Code::FileIo,
+    }
+}
+
+/// The exit code for an error of the packed format: a missing or malformed key file is a bad
+/// argument, a key that does not open the store is the wrong key, anything that fails its seal
+/// or hash is an invalid store.
+pub fn code_of_format(error: &fleetmig_format::Error) -> Code {
+    use fleetmig_format::Error as E;
+    match error {
+        E::Io { source, .. } => code_of_io(source),
+        E::KeyFile { .. } => Code::BadArguments,
+        E::WrongKey => Code::WrongKey,
+        E::ChunkMalformed { .. }
+        | E::ChunkCorrupt { .. }
+        | E::ChunkIdMismatch { .. }
+        | E::ManifestMalformed { .. }
+        | E::BadEntry { .. }
+        | E::ContentHashMismatch { .. } => Code::StoreInvalid,
     }
 }
 

@@ -1,4 +1,5 @@
-//! `load`: restore a store into the Windows 7 layout, then verify every restored file.
+//! `load`: restore a store into the Windows 7 layout, then verify every restored file. A packed
+//! store (it has a `store.json`) goes to [`super::packed::load`].
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -15,6 +16,7 @@ use super::output::{Outcome, human_bytes};
 use super::progress::Reporter;
 use super::scan::Skipped;
 use crate::error::{Error, Result};
+use crate::packed::DirStore;
 
 /// A file restored under another name because a different file held its target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -76,6 +78,12 @@ pub fn run(args: &LoadArgs, reporter: &Reporter) -> Result<Outcome> {
             "machine root {} does not exist or is not a directory",
             args.machine_root.display()
         )));
+    }
+    if DirStore::is_packed_store(&args.store) {
+        return super::packed::load(args, reporter);
+    }
+    if args.key_file.is_some() {
+        tracing::warn!(store = %args.store.display(), "--key-file ignored: not a packed store");
     }
     let manifest = Manifest::load_sealed(&args.store)?;
     let user_map = user_map(&args.user_map, &manifest.users)?;
@@ -144,7 +152,10 @@ pub fn run(args: &LoadArgs, reporter: &Reporter) -> Result<Outcome> {
 }
 
 /// Checks `--user-map` pairs: each old name is a captured user, mapped once, to a plain name.
-fn user_map(pairs: &[(String, String)], captured: &[String]) -> Result<BTreeMap<String, String>> {
+pub(super) fn user_map(
+    pairs: &[(String, String)],
+    captured: &[String],
+) -> Result<BTreeMap<String, String>> {
     let mut map = BTreeMap::new();
     for (old, new) in pairs {
         if !captured.contains(old) {

@@ -1,8 +1,8 @@
 //! Offline verbs, usable without a controller (USMT's ScanState, LoadState and UsmtUtils):
 //!
-//! - `scan`: capture the selected profiles of an XP machine into a hard-link store
-//!   (or `--estimate` it);
-//! - `load`: restore a store into the Windows 7 layout and verify it;
+//! - `scan`: capture the selected profiles of an XP machine into a hard-link store, or a packed
+//!   store (`--packed --key-file F`: deduplicated, compressed, encrypted), or `--estimate` it;
+//! - `load`: restore a store (either kind) into the Windows 7 layout and verify it;
 //! - `store verify|ls|delete`: check, list or safely delete a store.
 //!
 //! Each prints only its summary on stdout (text, or JSON with `--json`), progress on stderr, and
@@ -13,6 +13,7 @@ pub mod args;
 pub mod exit;
 mod load;
 pub mod output;
+mod packed;
 mod progress;
 mod rules;
 mod scan;

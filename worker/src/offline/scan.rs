@@ -1,9 +1,10 @@
-//! `scan`: capture the selected profiles into a hard-link store, or only estimate it.
+//! `scan`: capture the selected profiles into a hard-link or packed store, or only estimate it.
 //!
 //! The Scanning phase walks the selected profiles once with the capture's selection to learn
 //! what will be captured (files, bytes, what will be skipped) and how much space the store
 //! needs; `--estimate` stops there. The capture itself is the engine's
-//! [`fleetmig_state::capture`], which applies the same user filter and selection.
+//! [`fleetmig_state::capture`], which applies the same user filter and selection, or the packed
+//! capture ([`super::packed`]), which selects exactly the same entries.
 
 use std::fmt::Write as _;
 use std::os::unix::fs::MetadataExt;
@@ -48,6 +49,8 @@ pub struct ScanSummary {
     pub machine_root: PathBuf,
     /// The store, as given.
     pub store: PathBuf,
+    /// `hardlink` or `packed`.
+    pub store_kind: String,
     /// The machine's hostname, the domain of its profiles in user patterns.
     pub hostname: String,
     /// True for `--estimate`: nothing was written.
@@ -87,9 +90,10 @@ pub struct ScanSummary {
 /// Runs `scan`.
 pub fn run(args: &ScanArgs, reporter: &Reporter) -> Result<Outcome> {
     let started = Instant::now();
-    if !args.hardlink {
+    if args.hardlink == args.packed {
         return Err(Error::BadArguments(
-            "only hard-link stores are supported yet: pass --hardlink".to_owned(),
+            "pass exactly one of --hardlink (hard-link store) and --packed (packed store)"
+                .to_owned(),
         ));
     }
     let filter = UserFilter {
@@ -127,6 +131,7 @@ pub fn run(args: &ScanArgs, reporter: &Reporter) -> Result<Outcome> {
     let mut summary = ScanSummary {
         machine_root: root.clone(),
         store: args.store.clone(),
+        store_kind: if args.packed { "packed" } else { "hardlink" }.to_owned(),
         hostname: fleetmig_state::inventory::read_hostname(root),
         estimate: args.estimate,
         users,
@@ -137,7 +142,11 @@ pub fn run(args: &ScanArgs, reporter: &Reporter) -> Result<Outcome> {
         symlinks: scanned.symlinks,
         excluded_files: scanned.excluded_files,
         skipped: scanned.skipped.clone(),
-        store_bytes_needed: scanned.store_bytes_needed(),
+        store_bytes_needed: if args.packed {
+            scanned.packed_bytes_needed()
+        } else {
+            scanned.store_bytes_needed()
+        },
         free_bytes,
         list_files: args.list_files.clone(),
         rule_warnings: rules.warnings,
@@ -156,6 +165,11 @@ pub fn run(args: &ScanArgs, reporter: &Reporter) -> Result<Outcome> {
         };
         let text = render(&summary);
         return Ok(Outcome::new(code, &summary, text));
+    }
+    if args.packed {
+        // Compression and dedup usually make a packed store far smaller than its upper bound:
+        // no pre-check; running out of space while writing is reported as such.
+        return super::packed::scan(args, summary, rules.selection, &filter, reporter, started);
     }
     if summary.store_bytes_needed > free_bytes {
         return Err(Error::OutOfSpace {
@@ -232,6 +246,13 @@ impl Scanned {
         self.skipped.extend(other.skipped);
         self.manifest_bytes += other.manifest_bytes;
         self.paths.extend(other.paths);
+    }
+
+    /// Upper bound of a packed store: every byte stored uncompressed and without dedup, a
+    /// chunk header and tag per file, the manifest.
+    fn packed_bytes_needed(&self) -> u64 {
+        const CHUNK_OVERHEAD: u64 = 32;
+        self.bytes + self.files * (CHUNK_OVERHEAD + BLOCK) + self.manifest_bytes
     }
 
     /// A hard-link store holds no data: the manifest and seal, plus a block per directory.
@@ -500,7 +521,11 @@ pub fn free_space(path: &Path) -> Result<u64> {
 }
 
 /// Writes `root/<path>` for every path, one per line.
-fn write_list<'a>(list: &Path, root: &Path, paths: impl Iterator<Item = &'a str>) -> Result<()> {
+pub(super) fn write_list<'a>(
+    list: &Path,
+    root: &Path,
+    paths: impl Iterator<Item = &'a str>,
+) -> Result<()> {
     let mut text = String::new();
     for path in paths {
         let _ = writeln!(text, "{}", root.join(path).display());
@@ -509,7 +534,7 @@ fn write_list<'a>(list: &Path, root: &Path, paths: impl Iterator<Item = &'a str>
 }
 
 /// The human summary.
-fn render(summary: &ScanSummary) -> String {
+pub(super) fn render(summary: &ScanSummary) -> String {
     let mut text = String::new();
     let verb = if summary.estimate {
         "estimate for"
@@ -518,10 +543,15 @@ fn render(summary: &ScanSummary) -> String {
     };
     let _ = writeln!(
         text,
-        "{verb} {} ({}) -> {} [hard-link store]",
+        "{verb} {} ({}) -> {} [{} store]",
         summary.machine_root.display(),
         summary.hostname,
-        summary.store.display()
+        summary.store.display(),
+        if summary.store_kind == "packed" {
+            "packed"
+        } else {
+            "hard-link"
+        }
     );
     let _ = writeln!(text, "users: {}", summary.users.join(", "));
     for choice in summary.profiles.iter().filter(|choice| !choice.selected) {

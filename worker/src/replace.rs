@@ -1,0 +1,399 @@
+//! Running a replace job: the old machine captures its user state to a storage node, the new
+//! machine restores it from there. One job, two workers; which side this worker is follows
+//! from the phase the job is in when assigned:
+//!
+//! - **source** (`ASSIGNED`, `CAPTURING`): packed capture to the node (the metadata cache in
+//!   the agent state dir makes a resumed capture cheap, and the node is asked which chunks it
+//!   lacks, so nothing it holds is sent again), `Commit`, `Release` (capture side), then
+//!   `CAPTURED` with the summary;
+//! - **destination** (`CAPTURED`, `RESTORING`, `VERIFYING`): restore into the machine root
+//!   (resumable: files already in place are skipped), verify every file, `Release` (restore
+//!   side: the node's retention clock starts), then `DONE`.
+//!
+//! Milestones go to the machine's journal (`capture.committed`, `capture.released`,
+//! `restore.done`, `restore.verified`, `restore.released`) so a worker that crashed between a
+//! node call and the controller's acknowledgement resumes without redoing or losing anything.
+
+use std::path::{Path, PathBuf};
+
+use fleetmig_format::{FleetKey, MigrationKey};
+use fleetmig_proto::v1::{self, JobPhase};
+use serde::{Deserialize, Serialize};
+
+use crate::agent::JobContext;
+use crate::error::{Error, Result};
+use crate::packed::{self, ChunkStore, Keys, NodeStore};
+use crate::telemetry::WatchSink;
+
+/// File name of the metadata cache in the agent state dir.
+pub const CACHE_FILE: &str = "packcache.bin";
+
+/// What the source remembers of its committed capture.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct CaptureRecord {
+    users: u32,
+    files: u64,
+    directories: u64,
+    bytes: u64,
+    excluded_files: u64,
+    manifest_digest: String,
+    store_location: String,
+}
+
+impl CaptureRecord {
+    fn summary(&self) -> v1::CaptureSummary {
+        v1::CaptureSummary {
+            users: self.users,
+            files: self.files,
+            directories: self.directories,
+            bytes: self.bytes,
+            excluded_files: self.excluded_files,
+            manifest_digest: self.manifest_digest.clone(),
+            store_location: self.store_location.clone(),
+        }
+    }
+}
+
+/// What the destination remembers of its verified restore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct RestoreRecord {
+    files: u64,
+    directories: u64,
+    bytes: u64,
+}
+
+impl RestoreRecord {
+    fn summary(&self) -> v1::RestoreSummary {
+        v1::RestoreSummary {
+            files: self.files,
+            directories: self.directories,
+            bytes: self.bytes,
+            mismatched_files: 0,
+        }
+    }
+}
+
+/// Runs the replace job of `ctx` from its current phase to the end of this worker's side.
+pub async fn run(ctx: &JobContext) -> Result<()> {
+    let transfer = ctx.replace.as_ref().ok_or_else(|| Error::BadAssignment {
+        job_id: ctx.job_id.clone(),
+        reason: "a replace job without its storage node, capability and keys".to_owned(),
+    })?;
+    let keys = keys_of(ctx, transfer)?;
+    match ctx.phase {
+        JobPhase::Assigned | JobPhase::Capturing => source(ctx, transfer, &keys).await,
+        JobPhase::Captured | JobPhase::Restoring | JobPhase::Verifying => {
+            destination(ctx, transfer, &keys).await
+        }
+        phase => Err(Error::BadAssignment {
+            job_id: ctx.job_id.clone(),
+            reason: format!(
+                "cannot resume a replace in phase {}",
+                fleetmig_proto::phase_name(phase)
+            ),
+        }),
+    }
+}
+
+/// The job's keys, checked.
+fn keys_of(ctx: &JobContext, transfer: &v1::ReplaceTransfer) -> Result<Keys> {
+    let key = |bytes: &[u8], what: &str| -> Result<[u8; 32]> {
+        <[u8; 32]>::try_from(bytes).map_err(|_| Error::BadAssignment {
+            job_id: ctx.job_id.clone(),
+            reason: format!("the {what} key is {} bytes, not 32", bytes.len()),
+        })
+    };
+    Ok(Keys {
+        fleet: FleetKey::from_bytes(key(&transfer.fleet_key, "fleet")?),
+        migration: MigrationKey::from_bytes(key(&transfer.migration_key, "migration")?),
+    })
+}
+
+/// The node store of this job, for the blocking pipeline.
+fn node_store(ctx: &JobContext, transfer: &v1::ReplaceTransfer) -> Result<NodeStore> {
+    NodeStore::for_transfer(
+        transfer,
+        tokio::runtime::Handle::current(),
+        ctx.shutdown.clone(),
+    )
+}
+
+/// Runs `work` on the blocking pool (the packed pipeline is synchronous).
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| Error::VerificationFailed {
+            what: "worker task",
+            details: format!("blocking task panicked: {error}"),
+        })?
+}
+
+/// The detail of this job's latest journal entry `event`, parsed.
+fn recorded<T: for<'de> Deserialize<'de>>(ctx: &JobContext, event: &str) -> Result<Option<T>> {
+    Ok(ctx
+        .state
+        .journal()?
+        .into_iter()
+        .rev()
+        .find(|entry| entry.job_id == ctx.job_id && entry.event == event)
+        .and_then(|entry| serde_json::from_str(&entry.detail).ok()))
+}
+
+fn detail<T: Serialize>(record: &T) -> String {
+    serde_json::to_string(record).expect("records serialize")
+}
+
+async fn source(ctx: &JobContext, transfer: &v1::ReplaceTransfer, keys: &Keys) -> Result<()> {
+    if ctx.phase == JobPhase::Assigned {
+        ctx.enter(JobPhase::Capturing).await?;
+    }
+    ctx.set_phase(JobPhase::Capturing);
+    let record = match recorded::<CaptureRecord>(ctx, "capture.released")? {
+        Some(record) => {
+            tracing::info!(job_id = %ctx.job_id, "capture already committed and released; reporting it again");
+            record
+        }
+        None => {
+            let committed = recorded::<CaptureRecord>(ctx, "capture.committed")?;
+            let record = match committed {
+                Some(record) => match release(ctx, transfer).await {
+                    Ok(()) => record,
+                    Err(error @ Error::NodeRefused { .. }) => {
+                        tracing::warn!(job_id = %ctx.job_id, %error, "the node does not know the committed capture any more; capturing again");
+                        let record = capture(ctx, transfer, keys).await?;
+                        release(ctx, transfer).await?;
+                        record
+                    }
+                    Err(error) => return Err(error),
+                },
+                None => {
+                    let record = capture(ctx, transfer, keys).await?;
+                    release(ctx, transfer).await?;
+                    record
+                }
+            };
+            ctx.record("capture.released", detail(&record)).await?;
+            record
+        }
+    };
+    ctx.report(v1::PhaseReport {
+        phase: JobPhase::Captured.into(),
+        captured: Some(record.summary()),
+        ..ctx.report_header()
+    })
+    .await?;
+    Ok(())
+}
+
+/// Captures into the node and commits; journals `capture.committed`.
+async fn capture(
+    ctx: &JobContext,
+    transfer: &v1::ReplaceTransfer,
+    keys: &Keys,
+) -> Result<CaptureRecord> {
+    ctx.record("capture.start", format!("node:{}", transfer.node_id))
+        .await?;
+    let mut selection = fleetmig_state::CaptureOptions::new(transfer.migration_id.clone());
+    selection.continue_on_error = ctx.capture.continue_on_error;
+    selection.include_users = ctx.capture.user_include.clone();
+    selection.exclude_users = ctx.capture.user_exclude.clone();
+    selection.per_file_delay = ctx.fault_capture_delay;
+    let options = packed::CaptureOptions {
+        capture: selection,
+        cache: Some(ctx.state.dir().join(CACHE_FILE)),
+        ..packed::CaptureOptions::default()
+    };
+    let store = node_store(ctx, transfer)?;
+    let root = ctx.state.root().to_path_buf();
+    let (keys, sink) = (keys.clone(), WatchSink::new(ctx.progress.clone()));
+    let report = blocking(move || packed::capture(&root, &store, &keys, &options, &sink)).await?;
+    for (path, reason) in &report.skipped {
+        tracing::warn!(job_id = %ctx.job_id, %path, %reason, "file skipped");
+    }
+    tracing::info!(
+        job_id = %ctx.job_id,
+        files = report.files,
+        bytes = report.bytes,
+        cache_hits = report.stats.cache_hits,
+        chunks_sealed = report.stats.chunks_sealed,
+        sealed_bytes = report.stats.sealed_bytes,
+        digest = %report.manifest_digest,
+        "capture committed to the storage node"
+    );
+    let record = CaptureRecord {
+        users: report.users.len() as u32,
+        files: report.files,
+        directories: report.dirs,
+        bytes: report.bytes,
+        excluded_files: report.excluded_files,
+        manifest_digest: report.manifest_digest.clone(),
+        store_location: format!("node:{}/{}", transfer.node_id, transfer.migration_id),
+    };
+    ctx.record("capture.committed", detail(&record)).await?;
+    Ok(record)
+}
+
+/// `Release` on the node with this job's capability (capture or restore side).
+async fn release(ctx: &JobContext, transfer: &v1::ReplaceTransfer) -> Result<()> {
+    let store = node_store(ctx, transfer)?;
+    blocking(move || store.release()).await
+}
+
+async fn destination(ctx: &JobContext, transfer: &v1::ReplaceTransfer, keys: &Keys) -> Result<()> {
+    if let Some(record) = recorded::<RestoreRecord>(ctx, "restore.released")? {
+        tracing::info!(job_id = %ctx.job_id, "restore already verified and released; reporting it again");
+        return report_done(ctx, &record).await;
+    }
+    let root = ctx.state.root().to_path_buf();
+    let journal = ctx.state.dir().join(format!("restore-{}.json", ctx.job_id));
+    let mut phase = ctx.phase;
+    if phase == JobPhase::Captured {
+        phase = ctx.enter(JobPhase::Restoring).await?;
+    }
+    if phase == JobPhase::Restoring {
+        ctx.set_phase(JobPhase::Restoring);
+        ctx.record("restore.start", format!("node:{}", transfer.node_id))
+            .await?;
+        let store = node_store(ctx, transfer)?;
+        let (keys, sink) = (keys.clone(), WatchSink::new(ctx.progress.clone()));
+        let (migration_id, source_hostname) = (
+            transfer.migration_id.clone(),
+            transfer.source_hostname.clone(),
+        );
+        let (machine_root, journal_path) = (root.clone(), journal.clone());
+        let report = blocking(move || {
+            let manifest = open_manifest(&store, &keys, &migration_id, &source_hostname)?;
+            let options = packed::RestoreOptions {
+                journal: Some(journal_path),
+                ..packed::RestoreOptions::default()
+            };
+            packed::restore(
+                &store,
+                &machine_root,
+                &keys.fleet,
+                &manifest,
+                &options,
+                &sink,
+            )
+        })
+        .await?;
+        tracing::info!(job_id = %ctx.job_id, written = report.files_written, already_present = report.files_already_present, renamed = report.renamed.len(), "restore done");
+        ctx.record(
+            "restore.done",
+            format!(
+                "{} files written, {} already in place",
+                report.files_written, report.files_already_present
+            ),
+        )
+        .await?;
+        phase = ctx.enter(JobPhase::Verifying).await?;
+    }
+    if phase != JobPhase::Verifying {
+        return Err(Error::BadAssignment {
+            job_id: ctx.job_id.clone(),
+            reason: format!(
+                "cannot resume a replace restore in phase {}",
+                fleetmig_proto::phase_name(phase)
+            ),
+        });
+    }
+    ctx.set_phase(JobPhase::Verifying);
+    let record = verify(ctx, transfer, keys, &root, &journal).await?;
+    ctx.record("restore.verified", detail(&record)).await?;
+    release(ctx, transfer).await?;
+    ctx.record("restore.released", detail(&record)).await?;
+    report_done(ctx, &record).await
+}
+
+/// Fetches and opens the manifest; refuses one of another migration.
+fn open_manifest(
+    store: &NodeStore,
+    keys: &Keys,
+    migration_id: &str,
+    source_hostname: &str,
+) -> Result<fleetmig_format::PackedManifest> {
+    let (manifest, digest) = packed::fetch_manifest(store, &keys.migration)?;
+    if manifest.migration_id != migration_id {
+        return Err(Error::NodeRefused {
+            node: store.location(),
+            call: "GetManifest",
+            code: "WrongMigration".to_owned(),
+            message: format!(
+                "the manifest belongs to migration {:?}, not {migration_id:?}",
+                manifest.migration_id
+            ),
+        });
+    }
+    if !source_hostname.is_empty() && !manifest.hostname.eq_ignore_ascii_case(source_hostname) {
+        tracing::warn!(manifest = %manifest.hostname, expected = %source_hostname, "the capture comes from another hostname than the controller says");
+    }
+    tracing::info!(
+        digest,
+        entries = manifest.entries.len(),
+        "manifest fetched and opened"
+    );
+    Ok(manifest)
+}
+
+/// Verifies every restored file against the manifest; removes the restore journal when all match.
+async fn verify(
+    ctx: &JobContext,
+    transfer: &v1::ReplaceTransfer,
+    keys: &Keys,
+    root: &Path,
+    journal: &Path,
+) -> Result<RestoreRecord> {
+    let store = node_store(ctx, transfer)?;
+    let (keys, sink) = (keys.clone(), WatchSink::new(ctx.progress.clone()));
+    let (migration_id, source_hostname) = (
+        transfer.migration_id.clone(),
+        transfer.source_hostname.clone(),
+    );
+    let (machine_root, journal): (PathBuf, PathBuf) = (root.to_path_buf(), journal.to_path_buf());
+    let report = blocking(move || {
+        let manifest = open_manifest(&store, &keys, &migration_id, &source_hostname)?;
+        let report = packed::verify(&machine_root, &manifest, &sink)?;
+        if report.is_ok() {
+            packed::journal::RestoreJournal::remove(&journal)?;
+        }
+        Ok(report)
+    })
+    .await?;
+    if !report.is_ok() {
+        return Err(Error::VerificationFailed {
+            what: "restore",
+            details: first_mismatches(&report.mismatches),
+        });
+    }
+    tracing::info!(job_id = %ctx.job_id, files = report.files_checked, "restore verified");
+    Ok(RestoreRecord {
+        files: report.files_checked,
+        directories: report.dirs_checked,
+        bytes: report.bytes,
+    })
+}
+
+async fn report_done(ctx: &JobContext, record: &RestoreRecord) -> Result<()> {
+    ctx.report(v1::PhaseReport {
+        phase: JobPhase::Done.into(),
+        restored: Some(record.summary()),
+        ..ctx.report_header()
+    })
+    .await?;
+    Ok(())
+}
+
+fn first_mismatches(mismatches: &[String]) -> String {
+    let mut details = mismatches
+        .iter()
+        .take(5)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if mismatches.len() > 5 {
+        details.push_str(&format!(" (and {} more)", mismatches.len() - 5));
+    }
+    details
+}
