@@ -26,13 +26,10 @@ fn estimate_bytes(controller: &Controller, job: &Job) -> u64 {
     profiles.max(MIN_RESERVATION_BYTES)
 }
 
-/// What a node may still take, by its latest report.
+/// What a node may still take, by its latest report (free space minus
+/// reservations and the node's minimum free space).
 fn available(capacity: &Capacity) -> u64 {
-    if capacity.available_bytes > 0 {
-        capacity.available_bytes
-    } else {
-        capacity.free_bytes.saturating_sub(capacity.reserved_bytes)
-    }
+    capacity.available_bytes
 }
 
 /// Nodes that can take `bytes`, best first: same site, then most room.

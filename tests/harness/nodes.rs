@@ -29,17 +29,29 @@ pub struct StorageNodeHandle {
     live: LiveChildren,
 }
 
+/// Everything needed to (re)start a node process.
+struct Launch {
+    name: String,
+    site: String,
+    data_dir: PathBuf,
+    listen: SocketAddr,
+    controller_url: String,
+    log_path: PathBuf,
+    live: LiveChildren,
+}
+
 impl StorageNodeHandle {
-    async fn spawn(
-        name: &str,
-        site: &str,
-        data_dir: PathBuf,
-        listen: SocketAddr,
-        controller_url: String,
-        extra_args: &[&str],
-        log_path: PathBuf,
-        live: LiveChildren,
-    ) -> Result<StorageNodeHandle, String> {
+    async fn spawn(launch: Launch, extra_args: &[&str]) -> Result<StorageNodeHandle, String> {
+        let Launch {
+            name,
+            site,
+            data_dir,
+            listen,
+            controller_url,
+            log_path,
+            live,
+        } = launch;
+        let (name, site) = (name.as_str(), site.as_str());
         let ready_file = data_dir.with_extension("ready");
         let _ = std::fs::remove_file(&ready_file);
         let mut args: Vec<OsString> = vec![
@@ -91,18 +103,16 @@ impl StorageNodeHandle {
         self.kill().await;
         let deadline = Instant::now() + REBIND_TIMEOUT;
         loop {
-            match StorageNodeHandle::spawn(
-                &self.name,
-                &self.site,
-                self.data_dir.clone(),
-                self.addr,
-                self.controller_url.clone(),
-                extra_args,
-                self.log_path.clone(),
-                self.live.clone(),
-            )
-            .await
-            {
+            let launch = Launch {
+                name: self.name.clone(),
+                site: self.site.clone(),
+                data_dir: self.data_dir.clone(),
+                listen: self.addr,
+                controller_url: self.controller_url.clone(),
+                log_path: self.log_path.clone(),
+                live: self.live.clone(),
+            };
+            match StorageNodeHandle::spawn(launch, extra_args).await {
                 Ok(handle) => {
                     *self = handle;
                     return;
@@ -158,17 +168,17 @@ impl Cluster {
         let data_dir = self.root().join("nodes").join(name);
         std::fs::create_dir_all(&data_dir)
             .unwrap_or_else(|err| panic!("cannot create {}: {err}", data_dir.display()));
-        StorageNodeHandle::spawn(
-            name,
-            site,
+        let launch = Launch {
+            name: name.to_string(),
+            site: site.to_string(),
             data_dir,
-            "127.0.0.1:0".parse().expect("valid address"),
-            self.controller().url(),
-            extra_args,
-            self.log_path(&format!("node-{name}")),
-            self.live_children(),
-        )
-        .await
-        .unwrap_or_else(|message| panic!("{message}"))
+            listen: "127.0.0.1:0".parse().expect("valid address"),
+            controller_url: self.controller().url(),
+            log_path: self.log_path(&format!("node-{name}")),
+            live: self.live_children(),
+        };
+        StorageNodeHandle::spawn(launch, extra_args)
+            .await
+            .unwrap_or_else(|message| panic!("{message}"))
     }
 }
