@@ -29,6 +29,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let users: u32 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(3);
     let extra_mib: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(300);
     let keep: Option<PathBuf> = args.next().map(PathBuf::from);
+    // `null`: only the pipeline into a null store, three times (for profiling).
+    let only_null = args.next().as_deref() == Some("null");
     let temp = tempfile::tempdir()?;
     let base = keep.unwrap_or_else(|| temp.path().to_path_buf());
     let root = base.join("pc");
@@ -53,7 +55,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let run = std::process::id();
 
     // Baseline: tar | zstd -1 -T0 of the profiles (also warms the page cache for both).
-    for round in 0..2 {
+    for round in 0..if only_null { 0 } else { 2 } {
         let out = base.join(format!("baseline-{run}.tar.zst"));
         let started = Instant::now();
         let status = Command::new("sh")
@@ -82,7 +84,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         fleet: FleetKey::from_bytes([7; 32]),
         migration: MigrationKey::from_bytes([8; 32]),
     };
+    // Reader threads of the pipeline (`FLEETMIG_BENCH_READERS`, default: the pipeline's).
+    let pipeline = match std::env::var("FLEETMIG_BENCH_READERS") {
+        Ok(readers) => packed::PipelineConfig {
+            readers: readers.parse()?,
+            ..packed::PipelineConfig::default()
+        },
+        Err(_) => packed::PipelineConfig::default(),
+    };
     // The pipeline alone: a store that lacks everything and discards what it gets.
+    for _ in 0..if only_null { 2 } else { 0 } {
+        let started = Instant::now();
+        packed::capture(
+            &root,
+            &NullStore,
+            &keys,
+            &packed::CaptureOptions::default(),
+            &NoProgress,
+        )?;
+        println!("null capture: {:.2}s", started.elapsed().as_secs_f64());
+    }
     let started = Instant::now();
     let null = packed::capture(
         &root,
@@ -90,6 +111,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &keys,
         &packed::CaptureOptions {
             capture: fleetmig_state::CaptureOptions::new("bench"),
+            pipeline: pipeline.clone(),
             ..packed::CaptureOptions::default()
         },
         &NoProgress,
@@ -100,11 +122,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         seconds,
         null.bytes as f64 / seconds / 1e6
     );
+    if only_null {
+        return Ok(());
+    }
     let store_dir = base.join(format!("store-{run}"));
     let store = DirStore::create(&store_dir, "bench", "BENCH-PC", false)?;
     let options = packed::CaptureOptions {
         capture: fleetmig_state::CaptureOptions::new("bench"),
         cache: Some(base.join(format!("cache-{run}.bin"))),
+        pipeline,
         ..packed::CaptureOptions::default()
     };
     let started = Instant::now();

@@ -397,3 +397,236 @@ fn first_mismatches(mismatches: &[String]) -> String {
     }
     details
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::AgentState;
+    use crate::packed::fake_node::FakeNode;
+    use crate::telemetry::Snapshot;
+    use fleetmig_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
+    use std::sync::{Arc, Mutex};
+    use tokio_util::sync::CancellationToken;
+
+    /// A controller that accepts every phase report and remembers it.
+    #[derive(Clone, Default)]
+    struct FakeController {
+        reports: Arc<Mutex<Vec<v1::PhaseReport>>>,
+    }
+
+    #[tonic::async_trait]
+    impl WorkerService for FakeController {
+        async fn enroll(
+            &self,
+            _request: tonic::Request<v1::EnrollRequest>,
+        ) -> std::result::Result<tonic::Response<v1::EnrollResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("fake"))
+        }
+
+        async fn check_in(
+            &self,
+            _request: tonic::Request<v1::CheckInRequest>,
+        ) -> std::result::Result<tonic::Response<v1::CheckInResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("fake"))
+        }
+
+        async fn report_phase(
+            &self,
+            request: tonic::Request<v1::PhaseReport>,
+        ) -> std::result::Result<tonic::Response<v1::PhaseAck>, tonic::Status> {
+            let report = request.into_inner();
+            let phase = report.phase;
+            self.reports.lock().unwrap().push(report);
+            Ok(tonic::Response::new(v1::PhaseAck { phase }))
+        }
+
+        async fn stream_progress(
+            &self,
+            _request: tonic::Request<tonic::Streaming<v1::ProgressUpdate>>,
+        ) -> std::result::Result<tonic::Response<v1::ProgressSummary>, tonic::Status> {
+            Err(tonic::Status::unimplemented("fake"))
+        }
+    }
+
+    impl FakeController {
+        async fn serve(&self) -> String {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(WorkerServiceServer::new(self.clone()))
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            );
+            format!("http://{address}")
+        }
+
+        fn phases(&self) -> Vec<JobPhase> {
+            self.reports
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|report| JobPhase::try_from(report.phase).unwrap())
+                .collect()
+        }
+    }
+
+    fn context(
+        root: &Path,
+        controller: &str,
+        phase: JobPhase,
+        replace: Option<v1::ReplaceTransfer>,
+    ) -> JobContext {
+        JobContext {
+            state: AgentState::open(root).unwrap(),
+            client: crate::client::connect_lazy(controller).unwrap(),
+            machine_id: "m".into(),
+            job_id: "job-1".into(),
+            fence: 1,
+            phase,
+            capture: v1::CaptureOptions::default(),
+            replace,
+            progress: tokio::sync::watch::channel(Snapshot::default()).0,
+            fault_capture_delay: None,
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    fn transfer(node: &str) -> v1::ReplaceTransfer {
+        v1::ReplaceTransfer {
+            migration_id: "job-1".into(),
+            node_id: "node-1".into(),
+            node_endpoint: node.into(),
+            capability: Some(v1::SignedCapability {
+                claims: b"claims".to_vec(),
+                signature: b"signature".to_vec(),
+            }),
+            fleet_key: vec![1; 32],
+            migration_key: vec![2; 32],
+            source_hostname: "PC-31".into(),
+            destination_hostname: "W7-31".into(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn source_and_destination_migrate_through_the_node() {
+        let node = FakeNode::default();
+        let node_url = node.serve_here().await;
+        let controller = FakeController::default();
+        let controller_url = controller.serve().await;
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (dir.path().join("xp"), dir.path().join("w7"));
+        let opts = fleetmig_state::GenOptions {
+            seed: 31,
+            users: 2,
+            files_per_user: 60,
+            hostname: Some("PC-31".into()),
+        };
+        fleetmig_state::generate_machine(&old, &opts).unwrap();
+        std::fs::create_dir(&new).unwrap();
+        let expected = fleetmig_state::fingerprint::expected_after_refresh(&old).unwrap();
+
+        let source = context(
+            &old,
+            &controller_url,
+            JobPhase::Assigned,
+            Some(transfer(&node_url)),
+        );
+        run(&source).await.unwrap();
+        assert_eq!(
+            controller.phases(),
+            [JobPhase::Capturing, JobPhase::Captured]
+        );
+        let captured = controller.reports.lock().unwrap()[1]
+            .captured
+            .clone()
+            .unwrap();
+        assert_eq!(captured.files as usize, expected.len());
+        assert_eq!(captured.users, 2);
+        assert_eq!(captured.store_location, "node:node-1/job-1");
+        let (sealed, digest) = node.state.lock().unwrap().manifest.clone().unwrap();
+        assert_eq!(captured.manifest_digest, digest);
+        assert_eq!(blake3::hash(&sealed).to_hex().as_str(), digest);
+        assert!(old.join("_fleetmig").join(CACHE_FILE).is_file());
+
+        // A source resumed after its report was lost reports the same capture, sending nothing.
+        let received = node.state.lock().unwrap().received;
+        let resumed = context(
+            &old,
+            &controller_url,
+            JobPhase::Capturing,
+            Some(transfer(&node_url)),
+        );
+        run(&resumed).await.unwrap();
+        assert_eq!(node.state.lock().unwrap().received, received);
+        let again = controller
+            .reports
+            .lock()
+            .unwrap()
+            .last()
+            .unwrap()
+            .captured
+            .clone();
+        assert_eq!(again, Some(captured.clone()));
+
+        controller.reports.lock().unwrap().clear();
+        let destination = context(
+            &new,
+            &controller_url,
+            JobPhase::Captured,
+            Some(transfer(&node_url)),
+        );
+        run(&destination).await.unwrap();
+        assert_eq!(
+            controller.phases(),
+            [JobPhase::Restoring, JobPhase::Verifying, JobPhase::Done]
+        );
+        let restored = controller.reports.lock().unwrap()[2].restored.unwrap();
+        assert_eq!(restored.files, captured.files);
+        assert_eq!(restored.bytes, captured.bytes);
+        assert_eq!(restored.mismatched_files, 0);
+        let compared = fleetmig_state::fingerprint::compare(&expected, &new).unwrap();
+        assert!(
+            compared.is_ok(),
+            "{:?} {:?}",
+            compared.missing,
+            compared.different
+        );
+        assert!(!new.join("_fleetmig/restore-job-1.json").exists());
+        assert_eq!(node.state.lock().unwrap().releases, 2);
+
+        // Resumed in VERIFYING after the release: reports DONE again, releases nothing more.
+        let resumed = context(
+            &new,
+            &controller_url,
+            JobPhase::Verifying,
+            Some(transfer(&node_url)),
+        );
+        run(&resumed).await.unwrap();
+        assert_eq!(node.state.lock().unwrap().releases, 2);
+        assert_eq!(controller.phases().last(), Some(&JobPhase::Done));
+    }
+
+    #[tokio::test]
+    async fn unusable_assignments_are_refused_before_any_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = "http://127.0.0.1:1";
+        let missing = context(dir.path(), url, JobPhase::Assigned, None);
+        assert!(matches!(
+            run(&missing).await,
+            Err(Error::BadAssignment { .. })
+        ));
+        let mut short = transfer(url);
+        short.fleet_key = vec![1; 16];
+        let short_key = context(dir.path(), url, JobPhase::Assigned, Some(short));
+        let error = run(&short_key).await.unwrap_err();
+        assert!(
+            error.to_string().contains("fleet key is 16 bytes"),
+            "{error}"
+        );
+        let wrong_phase = context(dir.path(), url, JobPhase::Reimaging, Some(transfer(url)));
+        assert!(matches!(
+            run(&wrong_phase).await,
+            Err(Error::BadAssignment { .. })
+        ));
+    }
+}

@@ -859,3 +859,72 @@ fn large_files_stream_through_capture_and_restore() {
             .is_ok()
     );
 }
+
+#[test]
+fn skipped_entries_user_map_estimate_and_file_list() {
+    let machine = Machine::new(19, 2, 40);
+    let docs = machine
+        .root
+        .join("Documents and Settings/alice/My Documents");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        docs.join("pipe"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+    // Linux allows these names; the packed format (Windows-bound) cannot hold them.
+    fs::write(docs.join("back\\slash.txt"), b"x").unwrap();
+    fs::write(docs.join("C:drive.txt"), b"y").unwrap();
+
+    let estimate = machine
+        .scan(&["--estimate", "--create-key"])
+        .expect(0)
+        .json();
+    assert_eq!(estimate["estimate"], true);
+    assert!(!machine.store.exists());
+    assert!(
+        estimate["store_bytes_needed"].as_u64().unwrap() >= estimate["bytes"].as_u64().unwrap()
+    );
+
+    let list = machine.dir.path().join("captured.txt");
+    let scan = machine
+        .scan(&["--create-key", "--list-files", list.to_str().unwrap()])
+        .expect(3)
+        .json();
+    let skipped: Vec<String> = scan["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| {
+            format!(
+                "{}: {}",
+                item["path"].as_str().unwrap(),
+                item["reason"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(skipped.len(), 3, "{skipped:?}");
+    assert!(
+        skipped
+            .iter()
+            .any(|line| line.contains("My Documents/pipe: not a regular file"))
+    );
+    assert!(skipped.iter().any(|line| line.contains("backslash")));
+    assert!(skipped.iter().any(|line| line.contains("drive letter")));
+    let listed = fs::read_to_string(&list).unwrap();
+    assert_eq!(
+        listed.lines().count() as u64,
+        scan["files"].as_u64().unwrap() + scan["symlinks"].as_u64().unwrap()
+    );
+
+    let loaded = machine
+        .load(&["--user-map", "alice=asmith"])
+        .expect(0)
+        .json();
+    assert_eq!(loaded["users"], serde_json::json!(["asmith", "bob"]));
+    assert!(machine.target.join("Users/asmith/Documents").is_dir());
+    assert!(!machine.target.join("Users/alice").exists());
+    machine.load(&["--user-map", "dave=d"]).expect(11);
+}

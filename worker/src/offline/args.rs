@@ -29,7 +29,7 @@ pub struct ScanArgs {
     #[arg(long)]
     pub create_key: bool,
     /// The metadata cache of a packed scan: files unchanged since the last scan are not read
-    /// again (default: <machine-root>/_fleetmig/packcache.bin).
+    /// again (default: MACHINE_ROOT/_fleetmig/packcache.bin).
     #[arg(long, value_name = "FILE")]
     pub cache_file: Option<PathBuf>,
     /// Read every file: neither use nor update the metadata cache.

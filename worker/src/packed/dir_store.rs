@@ -22,13 +22,13 @@ use std::fs;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
 use fleetmig_format::{ChunkId, MigrationKey};
 use rayon::prelude::*;
-use rustix::fs::{Mode, OFlags};
+use rustix::fs::{AtFlags, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
 use super::store::{ChunkStore, ChunkUpload, Commit, SealedChunk, UploadStats};
@@ -103,6 +103,9 @@ pub struct StoreInfo {
 pub struct DirStore {
     dir: PathBuf,
     info: Mutex<StoreInfo>,
+    /// `chunks/00` .. `chunks/ff`, opened on first use: chunk files are looked up, created and
+    /// read relative to them.
+    subdirs: OnceLock<Arc<Vec<OwnedFd>>>,
 }
 
 impl DirStore {
@@ -122,6 +125,12 @@ impl DirStore {
                 .is_some();
         if exists {
             if !Self::is_packed_store(dir) {
+                if overwrite {
+                    return Err(Error::BadArguments(format!(
+                        "{} is not empty and is not a packed store; --overwrite only replaces a packed store's capture",
+                        dir.display()
+                    )));
+                }
                 return Err(fleetmig_state::Error::NotEmpty {
                     path: dir.to_path_buf(),
                 }
@@ -162,6 +171,7 @@ impl DirStore {
         Ok(Self {
             dir: dir.to_path_buf(),
             info: Mutex::new(info),
+            subdirs: OnceLock::new(),
         })
     }
 
@@ -189,6 +199,7 @@ impl DirStore {
         Ok(Self {
             dir: dir.to_path_buf(),
             info: Mutex::new(info),
+            subdirs: OnceLock::new(),
         })
     }
 
@@ -208,6 +219,15 @@ impl DirStore {
     /// Where the chunk `id` lives.
     pub fn chunk_path(&self, id: &ChunkId) -> PathBuf {
         chunk_path(&self.dir, id)
+    }
+
+    /// The open `chunks/<prefix>` directories.
+    fn subdirs(&self) -> Result<&Arc<Vec<OwnedFd>>> {
+        if let Some(subdirs) = self.subdirs.get() {
+            return Ok(subdirs);
+        }
+        let opened = open_subdirs(&self.dir)?;
+        Ok(self.subdirs.get_or_init(|| opened))
     }
 
     /// Chunk files in the store.
@@ -232,16 +252,25 @@ impl ChunkStore for DirStore {
     }
 
     fn missing(&self, ids: &[ChunkId]) -> Result<Vec<u32>> {
+        let subdirs = self.subdirs()?;
+        let absent = |id: &ChunkId| {
+            let dir = subdirs[usize::from(id.0[0])].as_fd();
+            rustix::fs::statat(dir, id.to_hex().as_str(), AtFlags::SYMLINK_NOFOLLOW).is_err()
+        };
         Ok(ids
             .par_iter()
+            .with_min_len(256)
             .enumerate()
-            .filter(|(_, id)| fs::symlink_metadata(self.chunk_path(id)).is_err())
+            .filter(|(_, id)| absent(id))
             .map(|(index, _)| index as u32)
             .collect())
     }
 
     fn upload(&self) -> Result<Box<dyn ChunkUpload + '_>> {
-        Ok(Box::new(DirUpload::start(&self.dir)?))
+        Ok(Box::new(DirUpload::start(
+            &self.dir,
+            Arc::clone(self.subdirs()?),
+        )?))
     }
 
     fn commit(&self, commit: &Commit) -> Result<()> {
@@ -288,9 +317,18 @@ impl ChunkStore for DirStore {
         ids: &[ChunkId],
         sink: &mut dyn FnMut(ChunkId, Bytes) -> Result<()>,
     ) -> Result<()> {
+        let subdirs = self.subdirs()?;
+        let read_chunk = |id: &ChunkId| -> std::io::Result<Vec<u8>> {
+            let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let dir = subdirs[usize::from(id.0[0])].as_fd();
+            let fd = rustix::fs::openat(dir, id.to_hex().as_str(), flags, Mode::empty())?;
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut fs::File::from(fd), &mut bytes)?;
+            Ok(bytes)
+        };
         let read: Vec<(ChunkId, Bytes)> = ids
             .par_iter()
-            .map(|id| match fs::read(self.chunk_path(id)) {
+            .map(|id| match read_chunk(id) {
                 Ok(bytes) => Ok((*id, Bytes::from(bytes))),
                 Err(error) => Err(Error::CorruptChunk {
                     path: String::new(),
@@ -319,12 +357,12 @@ struct DirUpload {
 }
 
 impl DirUpload {
-    fn start(dir: &Path) -> Result<Self> {
+    fn start(dir: &Path, subdirs: Arc<Vec<OwnedFd>>) -> Result<Self> {
         let mut senders = Vec::new();
         let mut writers = Vec::new();
         for _ in 0..WRITERS {
             let (sender, receiver) = mpsc::sync_channel::<SealedChunk>(64);
-            let writer = ChunkWriter::open(dir)?;
+            let writer = ChunkWriter::open(dir, Arc::clone(&subdirs))?;
             senders.push(sender);
             writers.push(std::thread::spawn(move || writer.run(receiver)));
         }
@@ -382,6 +420,8 @@ struct ChunkWriter {
     chunks: PathBuf,
     temp_path: PathBuf,
     temp: OwnedFd,
+    /// `chunks/00` .. `chunks/ff`, open (shared by the writers of an upload).
+    subdirs: Arc<Vec<OwnedFd>>,
     /// Written to `tmp/`, not yet synced and renamed.
     pending: Vec<ChunkId>,
     pending_bytes: usize,
@@ -389,7 +429,7 @@ struct ChunkWriter {
 }
 
 impl ChunkWriter {
-    fn open(dir: &Path) -> Result<Self> {
+    fn open(dir: &Path, subdirs: Arc<Vec<OwnedFd>>) -> Result<Self> {
         let temp_path = dir.join(TEMP_DIR);
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let temp = rustix::fs::open(&temp_path, flags, Mode::empty())
@@ -398,6 +438,7 @@ impl ChunkWriter {
             chunks: dir.join(CHUNKS_DIR),
             temp_path,
             temp,
+            subdirs,
             pending: Vec::new(),
             pending_bytes: 0,
             stats: UploadStats::default(),
@@ -416,12 +457,9 @@ impl ChunkWriter {
     }
 
     fn write(&mut self, chunk: &SealedChunk) -> Result<()> {
+        // The capture asked `missing` first: a chunk arriving here is written (a copy that
+        // appeared meanwhile is replaced by identical bytes).
         let name = chunk.id.to_hex();
-        let final_path = self.chunks.join(&name[..2]).join(&name);
-        if fs::symlink_metadata(&final_path).is_ok() {
-            self.stats.chunks_already_present += 1;
-            return Ok(());
-        }
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC;
         let fd = rustix::fs::openat(
             self.temp.as_fd(),
@@ -446,15 +484,29 @@ impl ChunkWriter {
             return Ok(());
         }
         rustix::fs::syncfs(&self.temp).map_err(|errno| Error::io(&self.temp_path, errno.into()))?;
-        for id in self.pending.drain(..) {
+        for id in std::mem::take(&mut self.pending) {
             let name = id.to_hex();
-            let from = self.temp_path.join(&name);
-            let to = self.chunks.join(&name[..2]).join(&name);
-            fs::rename(&from, &to).map_err(|error| Error::io(&to, error))?;
+            let subdir = self.subdirs[usize::from(id.0[0])].as_fd();
+            rustix::fs::renameat(&self.temp, name.as_str(), subdir, name.as_str()).map_err(
+                |errno| Error::io(self.chunks.join(&name[..2]).join(&name), errno.into()),
+            )?;
         }
         self.pending_bytes = 0;
         Ok(())
     }
+}
+
+/// Opens `chunks/00` .. `chunks/ff`.
+fn open_subdirs(dir: &Path) -> Result<Arc<Vec<OwnedFd>>> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    (0..=255u8)
+        .map(|prefix| {
+            let path = dir.join(CHUNKS_DIR).join(format!("{prefix:02x}"));
+            rustix::fs::open(&path, flags, Mode::empty())
+                .map_err(|errno| Error::io(&path, errno.into()))
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Arc::new)
 }
 
 fn chunk_path(dir: &Path, id: &ChunkId) -> PathBuf {
@@ -620,11 +672,13 @@ mod tests {
     fn a_foreign_directory_is_not_overwritten() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("notes.txt"), b"x").unwrap();
-        let error = DirStore::create(dir.path(), "m", "h", true).unwrap_err();
+        let error = DirStore::create(dir.path(), "m", "h", false).unwrap_err();
         assert!(
             matches!(error, Error::State(fleetmig_state::Error::NotEmpty { .. })),
             "{error}"
         );
+        let error = DirStore::create(dir.path(), "m", "h", true).unwrap_err();
+        assert!(error.to_string().contains("not a packed store"), "{error}");
         assert!(dir.path().join("notes.txt").exists());
     }
 }

@@ -43,14 +43,19 @@ impl FakeNode {
 
     /// Serves on a loopback port of `runtime`; returns the URL.
     pub fn serve(&self, runtime: &tokio::runtime::Runtime) -> String {
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        runtime.block_on(self.serve_here())
+    }
+
+    /// Serves on a loopback port of the current runtime; returns the URL.
+    pub async fn serve_here(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
             .expect("bind loopback");
         let address = listener.local_addr().expect("local address");
         let service = v1::storage_node_server::StorageNodeServer::new(self.clone())
             .max_decoding_message_size(fleetmig_proto::MAX_CONTROL_MESSAGE_BYTES)
             .max_encoding_message_size(fleetmig_proto::MAX_CONTROL_MESSAGE_BYTES);
-        runtime.spawn(
+        tokio::spawn(
             tonic::transport::Server::builder()
                 .initial_stream_window_size(4 * 1024 * 1024)
                 .initial_connection_window_size(16 * 1024 * 1024)

@@ -18,7 +18,7 @@ pub mod cache;
 pub mod capture;
 pub mod dir_store;
 #[cfg(test)]
-mod fake_node;
+pub(crate) mod fake_node;
 pub mod journal;
 pub mod node_store;
 pub mod pipeline;
@@ -28,6 +28,7 @@ pub mod safe_fs;
 pub mod select;
 pub mod store;
 pub mod verify;
+pub mod write;
 
 pub use capture::{CaptureOptions, CaptureReport, CaptureStats, Keys, capture};
 pub use dir_store::{DirStore, StoreInfo, offline_migration_key};

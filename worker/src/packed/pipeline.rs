@@ -286,12 +286,33 @@ fn read_file(
         .map_err(|errno| io(errno.into()))?;
     let mut handle = File::from(fd);
     let mut chunks = Vec::new();
-    let (size, content_hash) = if file.key.size <= WHOLE_FILE_MAX {
+    let fstat = |handle: &File| -> Result<StatKey> {
+        rustix::fs::fstat(handle)
+            .map(|stat| stat_key(&stat))
+            .map_err(|errno| io(errno.into()))
+    };
+    let (size, content_hash, after) = if file.key.size <= WHOLE_FILE_MAX {
         let Some(mut permit) = budget.acquire(file.key.size as usize) else {
             return Ok(None);
         };
-        let mut buffer = Vec::with_capacity(file.key.size as usize + 1);
-        handle.read_to_end(&mut buffer).map_err(io)?;
+        // One `read` for the expected size (`read_to_end` would probe before and after)...
+        let mut buffer = vec![0u8; file.key.size as usize];
+        let mut filled = 0;
+        while filled < buffer.len() {
+            match handle.read(&mut buffer[filled..]) {
+                Ok(0) => break, // shrank since the walk
+                Ok(read) => filled += read,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(io(error)),
+            }
+        }
+        buffer.truncate(filled);
+        // ... and the rest only if the file grew since the walk.
+        let mut after = fstat(&handle)?;
+        if after.size > file.key.size {
+            handle.read_to_end(&mut buffer).map_err(io)?;
+            after = fstat(&handle)?;
+        }
         permit.shrink_to(buffer.len());
         let content_hash = *blake3::hash(&buffer).as_bytes();
         let data = Bytes::from(buffer);
@@ -308,7 +329,7 @@ fn read_file(
                 return Ok(None);
             }
         }
-        (data.len() as u64, content_hash)
+        (data.len() as u64, content_hash, after)
     } else {
         let mut whole = blake3::Hasher::new();
         let mut size = 0u64;
@@ -330,10 +351,8 @@ fn read_file(
                 return Ok(None);
             }
         }
-        (size, *whole.finalize().as_bytes())
+        (size, *whole.finalize().as_bytes(), fstat(&handle)?)
     };
-    let after = rustix::fs::fstat(&handle).map_err(|errno| io(errno.into()))?;
-    let after = stat_key(&after);
     let stable = after == file.key && after.size == size;
     if !stable {
         tracing::warn!(path = %file.path.display(), "file changed while it was read; captured as read");
