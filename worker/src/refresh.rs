@@ -26,8 +26,9 @@ struct RestoreRecord {
     bytes: u64,
 }
 
-/// Runs `blocking` on the blocking pool (the state engine is synchronous).
-async fn blocking<T: Send + 'static>(
+/// Runs `blocking` on the blocking pool (the state engine and the packed
+/// pipeline are synchronous).
+pub(crate) async fn blocking<T: Send + 'static>(
     blocking: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
     tokio::task::spawn_blocking(blocking)
@@ -38,7 +39,8 @@ async fn blocking<T: Send + 'static>(
         })?
 }
 
-fn first_mismatches(mismatches: &[String]) -> String {
+/// The first few mismatches, joined, with a count of the rest.
+pub(crate) fn first_mismatches(mismatches: &[String]) -> String {
     let mut details = mismatches
         .iter()
         .take(5)

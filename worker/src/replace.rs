@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::agent::JobContext;
 use crate::error::{Error, Result};
 use crate::packed::{self, ChunkStore, Keys, NodeStore};
+use crate::refresh::{blocking, first_mismatches};
 use crate::telemetry::WatchSink;
 
 /// File name of the metadata cache in the agent state dir.
@@ -116,18 +117,6 @@ fn node_store(ctx: &JobContext, transfer: &v1::ReplaceTransfer) -> Result<NodeSt
         tokio::runtime::Handle::current(),
         ctx.shutdown.clone(),
     )
-}
-
-/// Runs `work` on the blocking pool (the packed pipeline is synchronous).
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|error| Error::VerificationFailed {
-            what: "worker task",
-            details: format!("blocking task panicked: {error}"),
-        })?
 }
 
 /// The detail of this job's latest journal entry `event`, parsed.
@@ -383,19 +372,6 @@ async fn report_done(ctx: &JobContext, record: &RestoreRecord) -> Result<()> {
     })
     .await?;
     Ok(())
-}
-
-fn first_mismatches(mismatches: &[String]) -> String {
-    let mut details = mismatches
-        .iter()
-        .take(5)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join("; ");
-    if mismatches.len() > 5 {
-        details.push_str(&format!(" (and {} more)", mismatches.len() - 5));
-    }
-    details
 }
 
 #[cfg(test)]
