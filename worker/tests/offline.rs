@@ -527,3 +527,36 @@ fn store_delete_keeps_read_only_originals() {
     worker(os(&[&"store", &"delete", &machine.store])).expect(11);
     fs::set_permissions(&docs, fs::Permissions::from_mode(0o755)).unwrap();
 }
+
+#[test]
+fn store_verbs_of_a_hard_link_store_ignore_a_key_and_never_delete_through_a_symlink() {
+    let machine = Machine::new(21, 1, 20);
+    machine.scan(&[]).expect(0);
+    let key = machine.root.with_file_name("fleet.key");
+    fs::write(&key, "00".repeat(32)).unwrap();
+    // A key file changes nothing for a hard-link store (it is ignored with a warning).
+    let listing = worker(os(&[
+        &"store",
+        &"ls",
+        &machine.store,
+        &"--key-file",
+        &key,
+        &"--json",
+    ]));
+    assert!(listing.expect(0).json().get("store_kind").is_none());
+    worker(os(&[
+        &"store",
+        &"verify",
+        &machine.store,
+        &"--key-file",
+        &key,
+    ]))
+    .expect(0);
+    // `delete` of a symlink to the store: bad arguments, the store intact.
+    let link = machine.root.with_file_name("link-to-store");
+    std::os::unix::fs::symlink(&machine.store, &link).unwrap();
+    worker(os(&[&"store", &"delete", &link])).expect(11);
+    assert!(machine.store.join(MANIFEST_FILE).is_file());
+    worker(os(&[&"store", &"delete", &machine.store])).expect(0);
+    assert!(!machine.store.exists());
+}

@@ -928,3 +928,281 @@ fn skipped_entries_user_map_estimate_and_file_list() {
     assert!(!machine.target.join("Users/alice").exists());
     machine.load(&["--user-map", "dave=d"]).expect(11);
 }
+
+impl Machine {
+    /// `fleetmig-worker store VERB STORE [extra...] --json`.
+    fn store_verb(&self, verb: &str, extra: &[&dyn AsRef<OsStr>]) -> Run {
+        let mut args = os(&[&"store", &verb, &self.store, &"--json"]);
+        args.extend(extra.iter().map(|part| part.as_ref().to_os_string()));
+        worker(args)
+    }
+
+    /// A key file with another fleet key.
+    fn other_key(&self) -> PathBuf {
+        let other = self.dir.path().join("other.key");
+        if !other.exists() {
+            fleetmig_format::keys::write_key_file(&other, &[9; 32]).unwrap();
+        }
+        other
+    }
+}
+
+/// A chunk used by exactly one file of the manifest, and that file.
+fn chunk_of_one_file(manifest: &PackedManifest) -> (ChunkId, String) {
+    let mut uses: HashMap<ChunkId, usize> = HashMap::new();
+    for entry in &manifest.entries {
+        for id in &entry.chunks {
+            *uses.entry(*id).or_default() += 1;
+        }
+    }
+    let entry = manifest
+        .entries
+        .iter()
+        .find(|entry| entry.chunks.len() == 1 && uses[&entry.chunks[0]] == 1)
+        .unwrap();
+    (entry.chunks[0], entry.target.clone())
+}
+
+#[test]
+fn store_ls_shows_the_store_without_the_key_and_its_entries_with_it() {
+    let machine = Machine::new(20, 2, 40);
+    let scan = machine.scan(&["--create-key"]).expect(0).json();
+    let chunks = scan["chunks"].as_u64().unwrap();
+
+    // Without the key: what store.json and the chunk files say, and that the key is needed.
+    let bare = machine.store_verb("ls", &[]).expect(0).json();
+    assert_eq!(bare["status"], "success");
+    assert_eq!(bare["store_kind"], "packed");
+    assert_eq!(bare["state"], "committed");
+    assert_eq!(bare["format_version"], 1);
+    assert_eq!(bare["migration_id"], scan["migration_id"]);
+    assert_eq!(bare["hostname"], "PC-07");
+    assert_eq!(bare["manifest_digest"], scan["manifest_digest"]);
+    assert_eq!(bare["chunks"], chunks);
+    assert_eq!(bare["chunk_files"], chunks);
+    assert_eq!(bare["logical_bytes"], scan["bytes"]);
+    assert!(bare["sealed_bytes"].as_u64().unwrap() > 0);
+    assert!(bare["manifest_bytes"].as_u64().unwrap() > 0);
+    assert!(bare.get("entries").is_none(), "{bare}");
+    assert!(bare["note"].as_str().unwrap().contains("--key-file"));
+    let text = worker(os(&[&"store", &"ls", &machine.store]));
+    text.expect(0);
+    assert!(text.stdout.contains("packed store"), "{}", text.stdout);
+    assert!(text.stdout.contains("--key-file"), "{}", text.stdout);
+
+    // With the key: every manifest entry, like a hard-link store's listing.
+    let manifest = machine.manifest();
+    let listing = machine
+        .store_verb("ls", &[&"--key-file", &machine.key])
+        .expect(0)
+        .json();
+    let entries = listing["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), manifest.entries.len());
+    assert_eq!(listing["users"], serde_json::json!(["alice", "bob"]));
+    assert!(listing.get("note").is_none());
+    let file = manifest
+        .entries
+        .iter()
+        .find(|entry| entry.kind == EntryKind::File && !entry.chunks.is_empty())
+        .unwrap();
+    let listed = entries
+        .iter()
+        .find(|entry| entry["target"] == file.target.as_str())
+        .unwrap();
+    assert_eq!(listed["kind"], "file");
+    assert_eq!(listed["size"], file.size);
+    assert_eq!(listed["source"], file.source.as_str());
+    assert_eq!(listed["chunks"], file.chunks.len());
+    assert!(listed["mtime"].as_str().unwrap().ends_with('Z'));
+    let text = worker(os(&[
+        &"store",
+        &"ls",
+        &machine.store,
+        &"--key-file",
+        &machine.key,
+    ]));
+    text.expect(0);
+    assert!(
+        text.stdout.contains(&format!(" -> {}", file.target)),
+        "{}",
+        text.stdout
+    );
+
+    // Another key does not open the manifest.
+    let other = machine.other_key();
+    let wrong = machine.store_verb("ls", &[&"--key-file", &other]);
+    assert_eq!(wrong.expect(14).json()["status"], "wrong_key");
+
+    // A capture that never committed: shown, but invalid.
+    let info_path = machine.store.join("store.json");
+    let info = fs::read_to_string(&info_path).unwrap();
+    fs::write(&info_path, info.replace("\"committed\"", "\"capturing\"")).unwrap();
+    let uncommitted = machine.store_verb("ls", &[]).expect(13).json();
+    assert_eq!(uncommitted["state"], "capturing");
+    assert_eq!(uncommitted["status"], "store_invalid");
+    assert!(
+        uncommitted["note"]
+            .as_str()
+            .unwrap()
+            .contains("never completed")
+    );
+}
+
+#[test]
+fn store_verify_checks_every_chunk_and_names_bad_ones_with_their_files() {
+    let machine = Machine::new(21, 2, 40);
+    let scan = machine.scan(&["--create-key"]).expect(0).json();
+    let chunks = scan["chunks"].as_u64().unwrap();
+
+    let good = machine
+        .store_verb("verify", &[&"--key-file", &machine.key])
+        .expect(0)
+        .json();
+    assert_eq!(good["status"], "success");
+    assert_eq!(good["store_kind"], "packed");
+    assert_eq!(good["chunk_files"], chunks);
+    assert_eq!(good["chunks_referenced"], chunks);
+    assert_eq!(good["unreferenced_chunks"], 0);
+    assert_eq!(good["files"], scan["files"]);
+    assert!(good["bad_chunks"].as_array().unwrap().is_empty());
+    assert!(good["mismatches"].as_array().unwrap().is_empty());
+
+    // The key is needed (bad arguments), and it must be the right one (wrong key).
+    let keyless = machine.store_verb("verify", &[]).expect(11).json();
+    assert!(
+        keyless["error"].as_str().unwrap().contains("--key-file"),
+        "{keyless}"
+    );
+    let other = machine.other_key();
+    let wrong = machine
+        .store_verb("verify", &[&"--key-file", &other])
+        .expect(14)
+        .json();
+    assert_eq!(wrong["status"], "wrong_key");
+
+    // A flipped byte in one chunk: invalid, naming the chunk and the file that uses it.
+    let manifest = machine.manifest();
+    let (flipped, victim) = chunk_of_one_file(&manifest);
+    let store = DirStore::open(&machine.store).unwrap();
+    let path = store.chunk_path(&flipped);
+    let mut bytes = fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x20;
+    fs::write(&path, bytes).unwrap();
+    let failed = machine
+        .store_verb("verify", &[&"--key-file", &machine.key])
+        .expect(13)
+        .json();
+    assert_eq!(failed["status"], "store_invalid");
+    let bad = failed["bad_chunks"].as_array().unwrap();
+    assert_eq!(bad.len(), 1, "{failed}");
+    assert_eq!(bad[0]["chunk"], flipped.to_hex().as_str());
+    assert!(
+        bad[0]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("authentication failed"),
+        "{failed}"
+    );
+    assert_eq!(bad[0]["files"], serde_json::json!([victim.as_str()]));
+    let line = failed["mismatches"][0].as_str().unwrap();
+    assert!(
+        line.contains(&flipped.to_hex()) && line.contains(&victim),
+        "{line}"
+    );
+    let text = worker(os(&[
+        &"store",
+        &"verify",
+        &machine.store,
+        &"--key-file",
+        &machine.key,
+    ]));
+    text.expect(13);
+    assert!(text.stdout.contains("INVALID"), "{}", text.stdout);
+    assert!(text.stdout.contains(&flipped.to_hex()), "{}", text.stdout);
+
+    // A referenced chunk that is gone is named too.
+    let gone = manifest
+        .chunk_ids()
+        .into_iter()
+        .find(|id| *id != flipped)
+        .unwrap();
+    fs::remove_file(store.chunk_path(&gone)).unwrap();
+    let failed = machine
+        .store_verb("verify", &[&"--key-file", &machine.key])
+        .expect(13)
+        .json();
+    let bad = failed["bad_chunks"].as_array().unwrap();
+    assert_eq!(bad.len(), 2, "{failed}");
+    let missing = bad
+        .iter()
+        .find(|bad| bad["chunk"] == gone.to_hex().as_str())
+        .unwrap();
+    assert_eq!(missing["problem"], "missing");
+    assert!(!missing["files"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn store_delete_removes_a_packed_store_and_nothing_else() {
+    let machine = Machine::new(22, 1, 30);
+    let scan = machine.scan(&["--create-key"]).expect(0).json();
+    let originals = fingerprint::expected_after_refresh(&machine.root).unwrap();
+
+    // A symlink to the store is never followed: bad arguments, the store intact.
+    let link = machine.dir.path().join("link-to-store");
+    std::os::unix::fs::symlink(&machine.store, &link).unwrap();
+    worker(os(&[&"store", &"delete", &link, &"--json"])).expect(11);
+    assert!(machine.store.join("store.json").is_file());
+    let chunks = scan["chunks"].as_u64().unwrap();
+
+    let deleted = machine.store_verb("delete", &[]).expect(0).json();
+    assert_eq!(deleted["status"], "success");
+    assert_eq!(deleted["store_kind"], "packed");
+    assert_eq!(deleted["state"], "committed");
+    assert_eq!(deleted["chunks_removed"], chunks);
+    assert!(deleted["bytes_removed"].as_u64().unwrap() > 0);
+    assert_eq!(deleted["removed_dir"], true);
+    assert!(!machine.store.exists());
+    assert!(machine.key.exists(), "the key file is not the store's");
+    // The captured machine is untouched.
+    assert_eq!(
+        fingerprint::expected_after_refresh(&machine.root).unwrap(),
+        originals
+    );
+    // Gone: a missing store is a bad argument.
+    machine.store_verb("delete", &[]).expect(11);
+
+    // A file the store did not make is kept, and with it the directory.
+    machine.scan(&[]).expect(0);
+    fs::write(machine.store.join("notes.txt"), b"not the store's").unwrap();
+    let kept = machine.store_verb("delete", &[]).expect(0).json();
+    assert_eq!(kept["removed_dir"], false);
+    assert_eq!(kept["kept"], serde_json::json!(["notes.txt"]));
+    assert_eq!(
+        fs::read(machine.store.join("notes.txt")).unwrap(),
+        b"not the store's"
+    );
+    assert!(!machine.store.join("store.json").exists());
+    assert!(!machine.store.join("chunks").exists());
+    // What is left is not a store: refused, untouched.
+    machine.store_verb("delete", &[]).expect(13);
+    assert!(machine.store.join("notes.txt").exists());
+
+    // A store.json of another kind is not a fleetmig packed store: refused, untouched.
+    fs::write(machine.store.join("store.json"), br#"{"kind":"photos"}"#).unwrap();
+    let refused = machine.store_verb("delete", &[]).expect(13).json();
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a fleetmig packed store"),
+        "{refused}"
+    );
+    assert!(machine.store.join("store.json").exists());
+    // `load` reports it as such too, not as a hard-link store without a seal.
+    let load = machine.load(&[]).expect(13).json();
+    assert!(
+        load["error"].as_str().unwrap().contains("store.json"),
+        "{load}"
+    );
+}

@@ -97,32 +97,45 @@ pub struct LoadArgs {
     pub json: bool,
 }
 
-/// `store`: look after a store (like USMT UsmtUtils).
+/// `store`: look after a store, hard-link or packed (like USMT UsmtUtils). The kind is detected:
+/// a directory with a `store.json` is a packed store.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum StoreCommand {
-    /// Check every manifest entry against the store (same inode, size, mode, mtime).
+    /// Check a store. Hard-link: every manifest entry against the store (same inode, size,
+    /// mode, mtime). Packed (needs --key-file): every chunk file against its AEAD tag and id,
+    /// and that every chunk the manifest references is present.
     #[command(after_help = EXIT_CODES_HELP)]
     Verify {
         /// The store.
         path: PathBuf,
         /// The captured machine, to also check that originals were not replaced (default: the
-        /// root recorded in the manifest, when it is an absolute path that exists).
+        /// root recorded in the manifest, when it is an absolute path that exists). Hard-link
+        /// stores only.
         #[arg(long, value_name = "DIR")]
         machine_root: Option<PathBuf>,
+        /// The fleet key file a packed store was written with (required for a packed store).
+        #[arg(long, value_name = "FILE")]
+        key_file: Option<PathBuf>,
         /// Print the summary as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
-    /// List the manifest entries: kind, size, mtime, source -> target.
+    /// List the manifest entries: kind, size, mtime, source -> target. A packed store's
+    /// manifest is sealed: without --key-file only what store.json says is shown.
     #[command(after_help = EXIT_CODES_HELP)]
     Ls {
         /// The store.
         path: PathBuf,
+        /// The fleet key file a packed store was written with (to list its entries).
+        #[arg(long, value_name = "FILE")]
+        key_file: Option<PathBuf>,
         /// Print the listing as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
-    /// Delete a hard-link store: only the links and files it made, never an original.
+    /// Delete a store: only what the store made (a hard-link store's links and files, a
+    /// packed store's chunks, manifest and store.json), never an original; a directory that is
+    /// not a store is refused.
     #[command(after_help = EXIT_CODES_HELP)]
     Delete {
         /// The store.

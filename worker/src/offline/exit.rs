@@ -24,8 +24,8 @@ pub enum Code {
     BadArguments = 11,
     /// The store already exists and is not empty; pass `--overwrite` to replace it.
     StoreExists = 12,
-    /// The store is invalid or corrupt: no seal, manifest tampered with, files that no longer
-    /// match the manifest.
+    /// The store is invalid, corrupt or hostile: no seal or never committed, manifest tampered
+    /// with or hostile, files or chunks that no longer match the manifest, not a store.
     StoreInvalid = 13,
     /// The key does not open the packed store (its manifest fails authentication).
     WrongKey = 14,
@@ -33,7 +33,8 @@ pub enum Code {
     OutOfSpace = 15,
     /// A file could not be read, linked or written (locked, unreadable, unrepresentable name).
     FileIo = 16,
-    /// `load` finished but the restored files do not verify against the store.
+    /// `load` finished but the restored files do not verify against the store (`store verify`
+    /// of a bad store is [`Code::StoreInvalid`]).
     VerifyFailed = 17,
 }
 
@@ -74,7 +75,7 @@ Exit codes (see docs/exit-codes.md):
    3  completed, but some files were skipped (listed in the summary)
   11  bad arguments (options, patterns, paths, store location)
   12  store already exists and is not empty (use --overwrite)
-  13  store invalid or corrupt (unsealed, tampered with, files changed)
+  13  store invalid or corrupt (unsealed or uncommitted, tampered with, files or chunks changed)
   14  wrong key (the key file does not open the packed store)
   15  out of disk space
   16  i/o error on a locked or unreadable file

@@ -16,7 +16,6 @@ use super::output::{Outcome, human_bytes};
 use super::progress::Reporter;
 use super::scan::Skipped;
 use crate::error::{Error, Result};
-use crate::packed::DirStore;
 
 /// A file restored under another name because a different file held its target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -79,7 +78,9 @@ pub fn run(args: &LoadArgs, reporter: &Reporter) -> Result<Outcome> {
             args.machine_root.display()
         )));
     }
-    if DirStore::is_packed_store(&args.store) {
+    // Any `store.json` means a packed store: a malformed one or one of another kind is then
+    // reported as such (13), not as a hard-link store without a seal.
+    if super::packed_store::is_packed(&args.store) {
         return super::packed::load(args, reporter);
     }
     if args.key_file.is_some() {

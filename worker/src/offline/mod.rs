@@ -3,7 +3,8 @@
 //! - `scan`: capture the selected profiles of an XP machine into a hard-link store, or a packed
 //!   store (`--packed --key-file F`: deduplicated, compressed, encrypted), or `--estimate` it;
 //! - `load`: restore a store (either kind) into the Windows 7 layout and verify it;
-//! - `store verify|ls|delete`: check, list or safely delete a store.
+//! - `store verify|ls|delete`: check, list or safely delete a store (either kind; a packed
+//!   store's entries and chunks need its fleet key).
 //!
 //! Each prints only its summary on stdout (text, or JSON with `--json`), progress on stderr, and
 //! ends with a documented exit code ([`exit::Code`], `docs/exit-codes.md`). They are plain
@@ -14,6 +15,7 @@ pub mod exit;
 mod load;
 pub mod output;
 mod packed;
+mod packed_store;
 mod progress;
 mod rules;
 mod scan;
@@ -53,7 +55,7 @@ pub fn execute(verb: &Verb) -> Outcome {
     let result = match verb {
         Verb::Scan(args) => scan::run(args, &reporter),
         Verb::Load(args) => load::run(args, &reporter),
-        Verb::Store(command) => store::run(command),
+        Verb::Store(command) => store::run(command, &reporter),
     };
     reporter.finish();
     result.unwrap_or_else(|error| {

@@ -1,4 +1,6 @@
-//! `store verify|ls|delete`: look after a hard-link store (like USMT UsmtUtils).
+//! `store verify|ls|delete`: look after a store (like USMT UsmtUtils). A directory with a
+//! `store.json` is a packed store and goes to [`super::packed_store`]; anything else is treated
+//! as a hard-link store.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -9,20 +11,68 @@ use serde::Serialize;
 use super::args::StoreCommand;
 use super::exit::Code;
 use super::output::{Outcome, human_bytes, utc_timestamp};
+use super::packed_store;
+use super::progress::Reporter;
 use crate::error::{Error, Result};
 
-/// Runs a `store` subcommand.
-pub fn run(command: &StoreCommand) -> Result<Outcome> {
+/// Runs a `store` subcommand on a store of either kind.
+pub fn run(command: &StoreCommand, reporter: &Reporter) -> Result<Outcome> {
+    let path = match command {
+        StoreCommand::Verify { path, .. }
+        | StoreCommand::Ls { path, .. }
+        | StoreCommand::Delete { path, .. } => path,
+    };
+    require_dir(path)?;
+    if matches!(command, StoreCommand::Delete { .. }) {
+        refuse_symlink(path)?;
+    }
+    if packed_store::is_packed(path) || packed_store::looks_like_interrupted(path)? {
+        return match command {
+            StoreCommand::Verify {
+                machine_root,
+                key_file,
+                ..
+            } => {
+                if machine_root.is_some() {
+                    tracing::warn!(store = %path.display(), "--machine-root ignored: a packed store holds no links to originals");
+                }
+                packed_store::verify(path, key_file.as_deref(), reporter)
+            }
+            StoreCommand::Ls { key_file, .. } => packed_store::list(path, key_file.as_deref()),
+            StoreCommand::Delete { .. } => packed_store::delete(path),
+        };
+    }
+    let key_file = match command {
+        StoreCommand::Verify { key_file, .. } | StoreCommand::Ls { key_file, .. } => {
+            key_file.as_ref()
+        }
+        StoreCommand::Delete { .. } => None,
+    };
+    if key_file.is_some() {
+        tracing::warn!(store = %path.display(), "--key-file ignored: not a packed store");
+    }
     match command {
-        StoreCommand::Verify {
-            path, machine_root, ..
-        } => verify(path, machine_root.as_deref()),
-        StoreCommand::Ls { path, .. } => list(path),
-        StoreCommand::Delete { path, .. } => delete(path),
+        StoreCommand::Verify { machine_root, .. } => verify(path, machine_root.as_deref()),
+        StoreCommand::Ls { .. } => list(path),
+        StoreCommand::Delete { .. } => delete(path),
     }
 }
 
-fn require_dir(path: &Path) -> Result<()> {
+/// Refuses a store path that is a symlink (bad arguments): `delete` never follows one, and
+/// would otherwise find nothing of its own to remove.
+pub(super) fn refuse_symlink(path: &Path) -> Result<()> {
+    let meta = std::fs::symlink_metadata(path).map_err(|error| Error::io(path, error))?;
+    if meta.is_symlink() {
+        return Err(Error::BadArguments(format!(
+            "store {} is a symlink: pass the store directory itself (a symlink is never followed to delete)",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a store path that is not an existing directory (bad arguments).
+pub(super) fn require_dir(path: &Path) -> Result<()> {
     if path.is_dir() {
         return Ok(());
     }
@@ -56,7 +106,6 @@ pub struct VerifySummary {
 }
 
 fn verify(store: &Path, machine_root: Option<&Path>) -> Result<Outcome> {
-    require_dir(store)?;
     let manifest = Manifest::load_sealed(store)?;
     let recorded = PathBuf::from(&manifest.source_root);
     let root = match machine_root {
@@ -112,11 +161,11 @@ fn verify(store: &Path, machine_root: Option<&Path>) -> Result<Outcome> {
     Ok(Outcome::new(code, &summary, text))
 }
 
-/// One line of `store ls`.
+/// One line of `store ls` (either kind of store).
 #[derive(Debug, Clone, Serialize)]
 pub struct ListedEntry {
     /// `file`, `dir` or `symlink`.
-    pub kind: EntryKind,
+    pub kind: &'static str,
     /// Bytes (files).
     pub size: u64,
     /// Modification time, UTC.
@@ -132,6 +181,32 @@ pub struct ListedEntry {
     /// Link text of a symlink.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub link_target: Option<String>,
+    /// Chunks of a file of a packed store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<usize>,
+}
+
+/// The text lines of `store ls` for `entries`, one per entry.
+pub(super) fn render_entries(text: &mut String, entries: &[ListedEntry]) {
+    for entry in entries {
+        let kind = match entry.kind {
+            "symlink" => "link",
+            other => other,
+        };
+        let _ = write!(
+            text,
+            "{kind:<4} {:>10} {} {} {} -> {}",
+            human_bytes(entry.size),
+            entry.mtime,
+            entry.mode,
+            entry.source,
+            entry.target
+        );
+        if let Some(link) = &entry.link_target {
+            let _ = write!(text, " (symlink to {link})");
+        }
+        text.push('\n');
+    }
 }
 
 /// The output of `store ls`.
@@ -154,7 +229,6 @@ pub struct Listing {
 }
 
 fn list(store: &Path) -> Result<Outcome> {
-    require_dir(store)?;
     let manifest = Manifest::load_sealed(store)?;
     let listing = Listing {
         store: store.to_path_buf(),
@@ -167,7 +241,11 @@ fn list(store: &Path) -> Result<Outcome> {
             .entries
             .into_iter()
             .map(|entry| ListedEntry {
-                kind: entry.kind,
+                kind: match entry.kind {
+                    EntryKind::File => "file",
+                    EntryKind::Dir => "dir",
+                    EntryKind::Symlink => "symlink",
+                },
                 size: entry.size,
                 mtime: utc_timestamp(entry.mtime_ns),
                 mtime_ns: entry.mtime_ns,
@@ -175,6 +253,7 @@ fn list(store: &Path) -> Result<Outcome> {
                 source: entry.source,
                 target: entry.target,
                 link_target: entry.link_target,
+                chunks: None,
             })
             .collect(),
     };
@@ -187,26 +266,7 @@ fn list(store: &Path) -> Result<Outcome> {
         listing.users.join(", "),
         listing.entries.len()
     );
-    for entry in &listing.entries {
-        let kind = match entry.kind {
-            EntryKind::File => "file",
-            EntryKind::Dir => "dir",
-            EntryKind::Symlink => "link",
-        };
-        let _ = write!(
-            text,
-            "{kind:<4} {:>10} {} {} {} -> {}",
-            human_bytes(entry.size),
-            entry.mtime,
-            entry.mode,
-            entry.source,
-            entry.target
-        );
-        if let Some(link) = &entry.link_target {
-            let _ = write!(text, " (symlink to {link})");
-        }
-        text.push('\n');
-    }
+    render_entries(&mut text, &listing.entries);
     Ok(Outcome::new(Code::Success, &listing, text))
 }
 
@@ -252,6 +312,7 @@ fn looks_like_store(path: &Path) -> Result<bool> {
 
 fn delete(store: &Path) -> Result<Outcome> {
     require_dir(store)?;
+    refuse_symlink(store)?;
     if !looks_like_store(store)? {
         return Err(Error::NotAStore(store.to_path_buf()));
     }
