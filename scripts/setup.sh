@@ -15,6 +15,8 @@ REQUIREMENTS=(
     "protobuf-compiler protoc"
     # The well-known types (google/protobuf/*.proto) protoc resolves imports against.
     "libprotobuf-dev /usr/include/google/protobuf/timestamp.proto"
+    # zstd, the baseline of scripts/bench-packed.sh.
+    "zstd zstd"
     # --- etcd: uncomment when the controller's etcd store backend and its tests land. ---
     # "etcd-server etcd"
 )
