@@ -7,6 +7,7 @@ use std::sync::Arc;
 use fleetmig_proto::v1::{self, CapabilityRole};
 
 use crate::chunks;
+use crate::config::CommitStage;
 use crate::durable;
 use crate::error::{Error, Result};
 use crate::layout::{ChunkId, Layout, MigrationId, parse_chunk_ids};
@@ -274,6 +275,7 @@ impl Node {
                 .map_err(|source| Error::io("syncing", layout.migrations_dir(), source))
         })
         .await?;
+        self.fault_pause(&id, CommitStage::BeforeRecordRename).await;
 
         let info = CommitInfo {
             manifest_digest: actual,
@@ -297,10 +299,26 @@ impl Node {
             logical_bytes = input.logical_bytes,
             "committed"
         );
+        self.fault_pause(&id, CommitStage::AfterRecordRename).await;
         Ok(CommitSummary {
             referenced_bytes,
             chunks: ids.len() as u64,
         })
+    }
+
+    /// Test-only fault injection (`--fault-commit-pause-ms`): sleeps at
+    /// `stage` of a commit, holding its locks, so a crash test can kill the
+    /// node there. Nothing happens unless the flag is set.
+    async fn fault_pause(&self, id: &MigrationId, stage: CommitStage) {
+        if let Some(pause) = self.inner.settings.commit_pause(stage) {
+            tracing::warn!(
+                migration_id = %id,
+                stage = stage.name(),
+                pause_ms = pause.as_millis() as u64,
+                "commit paused (fault injection)"
+            );
+            tokio::time::sleep(pause).await;
+        }
     }
 
     /// The answer to a repeated Commit, or an error if the migration was

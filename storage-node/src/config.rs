@@ -83,6 +83,45 @@ pub struct Config {
     /// How long in-flight requests may take to finish after a shutdown signal.
     #[arg(long, default_value = "10000", value_parser = parse_millis)]
     pub shutdown_grace_ms: Duration,
+
+    /// Test-only fault injection: Commit sleeps this long at its most
+    /// dangerous points (see [`CommitStage`]), logging "commit paused (fault
+    /// injection)", so a crash test can SIGKILL the node there. Never set it
+    /// in production.
+    #[arg(long = "fault-commit-pause-ms", hide = true, value_parser = parse_millis)]
+    pub fault_commit_pause: Option<Duration>,
+
+    /// Test-only: pause only at this stage of Commit (default: at both).
+    #[arg(long = "fault-commit-pause-stage", hide = true, value_enum)]
+    pub fault_commit_pause_stage: Option<CommitStage>,
+}
+
+/// A point inside Commit where `--fault-commit-pause-ms` pauses (test-only
+/// fault injection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CommitStage {
+    /// The manifest and the chunk list are durable and in place, the record
+    /// still says capturing: the commit point has not been reached.
+    BeforeRecordRename,
+    /// The committed record has been renamed into place (the commit point)
+    /// and its directory synced; the answer has not been sent.
+    AfterRecordRename,
+}
+
+impl CommitStage {
+    /// The stage's name, as on the command line and in the log.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::BeforeRecordRename => "before-record-rename",
+            Self::AfterRecordRename => "after-record-rename",
+        }
+    }
+}
+
+impl std::fmt::Display for CommitStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl Config {
@@ -105,6 +144,8 @@ impl Config {
             token_public_key: None,
             advertise_url: None,
             shutdown_grace_ms: Duration::from_secs(10),
+            fault_commit_pause: None,
+            fault_commit_pause_stage: None,
         }
     }
 
@@ -112,6 +153,15 @@ impl Config {
     pub fn retention_ms(&self) -> u64 {
         self.retention_ms
             .unwrap_or_else(|| self.retention_days.saturating_mul(24 * 60 * 60 * 1000))
+    }
+
+    /// How long Commit pauses at `stage` (test-only fault injection; `None`
+    /// in normal operation).
+    pub fn commit_pause(&self, stage: CommitStage) -> Option<Duration> {
+        self.fault_commit_pause.filter(|_| {
+            self.fault_commit_pause_stage
+                .is_none_or(|only| only == stage)
+        })
     }
 }
 
@@ -211,6 +261,37 @@ mod tests {
         assert_eq!(config.max_clients, 64);
         assert_eq!(config.retention_ms(), 7 * 24 * 60 * 60 * 1000);
         assert!(!config.restore_only);
+        assert_eq!(config.fault_commit_pause, None, "no fault injection");
+        assert_eq!(config.commit_pause(CommitStage::BeforeRecordRename), None);
+    }
+
+    #[test]
+    fn the_commit_pause_is_hidden_and_applies_to_the_stages_asked() {
+        let base = [
+            "fleetmig-storage-node",
+            "--data-dir",
+            "/tmp/x",
+            "--controller",
+            "http://127.0.0.1:7400",
+            "--fault-commit-pause-ms",
+            "250",
+        ];
+        let both = Config::try_parse_from(base).expect("flags parse");
+        let pause = Some(Duration::from_millis(250));
+        assert_eq!(both.commit_pause(CommitStage::BeforeRecordRename), pause);
+        assert_eq!(both.commit_pause(CommitStage::AfterRecordRename), pause);
+
+        let mut args = base.to_vec();
+        args.extend(["--fault-commit-pause-stage", "after-record-rename"]);
+        let one = Config::try_parse_from(args).expect("flags parse");
+        assert_eq!(one.commit_pause(CommitStage::BeforeRecordRename), None);
+        assert_eq!(one.commit_pause(CommitStage::AfterRecordRename), pause);
+
+        let help = Config::command().render_long_help().to_string();
+        assert!(
+            !help.contains("--fault-commit"),
+            "test-only flags stay hidden: {help}"
+        );
     }
 
     #[test]

@@ -40,7 +40,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::config::{Cli, Command, Config, ScrubArgs};
+pub use crate::config::{Cli, Command, CommitStage, Config, ScrubArgs};
 pub use crate::error::{Error, Result};
 pub use crate::node::Node;
 

@@ -7,13 +7,14 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use fleetmig_proto::v1::{self, CapabilityRole};
 use tokio::sync::{Notify, OwnedMutexGuard, RwLock};
 
 use crate::capacity::{Budget, Capacity, CapacityProbe, FreeSpaceFloor, Space};
 use crate::chunks;
-use crate::config::Config;
+use crate::config::{CommitStage, Config};
 use crate::error::{Error, Result};
 use crate::layout::{ChunkId, Layout, MigrationId};
 use crate::migrations::{Entry, Table};
@@ -31,6 +32,12 @@ pub struct NodeSettings {
     pub max_clients: u32,
     /// How long a restored migration is kept (`--retention-days`).
     pub retention_ms: u64,
+    /// Test-only fault injection (`--fault-commit-pause-ms`): Commit's pause
+    /// before its record rename (`None` in normal operation).
+    pub commit_pause_before_rename: Option<Duration>,
+    /// Test-only fault injection: Commit's pause after its record rename,
+    /// before the answer (`None` in normal operation).
+    pub commit_pause_after_rename: Option<Duration>,
 }
 
 impl NodeSettings {
@@ -44,6 +51,16 @@ impl NodeSettings {
             restore_only: config.restore_only,
             max_clients: config.max_clients,
             retention_ms: config.retention_ms(),
+            commit_pause_before_rename: config.commit_pause(CommitStage::BeforeRecordRename),
+            commit_pause_after_rename: config.commit_pause(CommitStage::AfterRecordRename),
+        }
+    }
+
+    /// How long Commit pauses at `stage` (test-only fault injection).
+    pub fn commit_pause(&self, stage: CommitStage) -> Option<Duration> {
+        match stage {
+            CommitStage::BeforeRecordRename => self.commit_pause_before_rename,
+            CommitStage::AfterRecordRename => self.commit_pause_after_rename,
         }
     }
 }
@@ -138,6 +155,15 @@ impl Node {
             layout.controller_key_file(),
             config.token_public_key.as_deref(),
         )?;
+        if let Some(pause) = config.fault_commit_pause {
+            tracing::warn!(
+                pause_ms = pause.as_millis() as u64,
+                stage = config
+                    .fault_commit_pause_stage
+                    .map_or("all", CommitStage::name),
+                "fault injection enabled: Commit pauses (tests only)"
+            );
+        }
         if !tokens.has_key() {
             tracing::warn!(
                 "no controller token key yet: migration calls are refused until the controller hands one out"

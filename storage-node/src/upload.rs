@@ -93,7 +93,7 @@ impl Node {
         .await;
         match received {
             Ok(summary) => {
-                tracing::debug!(
+                tracing::info!(
                     migration_id = %upload.migration,
                     stored = summary.stored,
                     already_present = summary.already_present,

@@ -92,10 +92,12 @@ async fn reserve_capture_commit_release_and_restore_round_trip() {
         .await
         .expect("same commit again");
     assert_eq!(repeated, committed);
+    let digest = blake3::hash(&manifest).to_hex().to_string();
+    let other_digest = blake3::hash(b"another manifest").to_hex().to_string();
     assert_refused(
         node.commit("wave1.pc-1", b"another manifest", &refs).await,
         Code::FailedPrecondition,
-        &["already committed"],
+        &["already committed", &digest, &other_digest],
     );
     assert_refused(
         node.put("wave1.pc-1", &[&chunk(9, 10)]).await,

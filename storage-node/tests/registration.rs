@@ -337,14 +337,30 @@ async fn keeps_the_controller_token_key_and_accepts_its_tokens() {
     let key_file = fixture.config.data_dir.join("controller-token.pub");
     let text = wait_for_file(&key_file).await;
     assert_eq!(text.trim(), hex::encode(signer.public_key()));
-    let missing = client
-        .missing_chunks(MissingChunksRequest {
-            token: Some(token(CapabilityRole::Capture)),
-            chunk_ids: vec![1; 32],
-        })
-        .await
-        .expect("tokens verify with the controller's key")
-        .into_inner();
+    // The key file is written just before the key is put to use: retry while
+    // the node still answers UNAVAILABLE (no key yet).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let missing = loop {
+        let answer = client
+            .missing_chunks(MissingChunksRequest {
+                token: Some(token(CapabilityRole::Capture)),
+                chunk_ids: vec![1; 32],
+            })
+            .await;
+        match answer {
+            Err(status)
+                if status.code() == tonic::Code::Unavailable
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            other => {
+                break other
+                    .expect("tokens verify with the controller's key")
+                    .into_inner();
+            }
+        }
+    };
     assert_eq!(missing.missing, vec![0]);
 
     // A restarted node knows the key before it reaches the controller.
