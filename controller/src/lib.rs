@@ -21,6 +21,7 @@ pub mod nodes;
 pub mod operations;
 pub mod placement;
 pub mod plan;
+pub mod policy;
 pub mod registry;
 pub mod scheduler;
 pub mod secrets;

@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+pub use crate::policy::{PlanPolicy, WavePolicy};
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -239,6 +241,18 @@ pub struct Job {
     /// Replace jobs: the storage node holding the state, once placed.
     #[serde(default)]
     pub placement: Option<Placement>,
+    /// The batch that admitted the job (`None`: not admitted yet).
+    #[serde(default)]
+    pub batch: Option<u32>,
+    /// When the job entered its current phase (deadlines count from here).
+    #[serde(default)]
+    pub phase_since_ms: i64,
+    /// A retried job is not admitted again before this time (backoff).
+    #[serde(default)]
+    pub not_before_ms: Option<i64>,
+    /// Why a skipped job was skipped.
+    #[serde(default)]
+    pub skip_reason: Option<String>,
     /// Creation time.
     pub created_ms: i64,
     /// When the worker first started it.
@@ -334,6 +348,9 @@ pub enum WaveState {
     Aborted,
     /// Every job is terminal.
     Completed,
+    /// Stopped by its error budget (or the plan's): nothing new starts until
+    /// an operator resumes it. The reason is in [`Wave::halt_reason`].
+    Halted,
 }
 
 impl WaveState {
@@ -345,6 +362,7 @@ impl WaveState {
             WaveState::Paused => "paused",
             WaveState::Aborted => "aborted",
             WaveState::Completed => "completed",
+            WaveState::Halted => "halted",
         }
     }
 }
@@ -420,6 +438,9 @@ pub struct WaveSpec {
     /// Replace waves: the computer associations (source -> destination).
     #[serde(default)]
     pub pairs: Vec<Association>,
+    /// Batches, caps, budget, windows, deadlines and retries.
+    #[serde(default)]
+    pub policy: WavePolicy,
 }
 
 /// A stored plan.
@@ -433,6 +454,9 @@ pub struct Plan {
     pub applied_ms: i64,
     /// The source text, kept for audit.
     pub source: String,
+    /// Plan-wide budget and caps.
+    #[serde(default)]
+    pub policy: PlanPolicy,
 }
 
 /// A wave's runtime record.
@@ -450,6 +474,51 @@ pub struct Wave {
     pub started_ms: Option<i64>,
     /// When it completed or was aborted.
     pub finished_ms: Option<i64>,
+    /// Where the wave is in its batches.
+    #[serde(default)]
+    pub batch: BatchProgress,
+    /// Why the wave halted (its state is `Halted`), or why it last halted.
+    #[serde(default)]
+    pub halt_reason: Option<String>,
+    /// Pause bookkeeping: deadlines do not run while a wave is paused.
+    #[serde(default)]
+    pub paused: PauseClock,
+    /// The wave this one retries the failed machines of (`wave retry-failed`).
+    #[serde(default)]
+    pub retry_of: Option<String>,
+}
+
+/// Where a wave is in its batches.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BatchProgress {
+    /// Current batch, 0-based.
+    pub index: u32,
+    /// When the current batch opened.
+    pub opened_ms: i64,
+    /// An operator promoted the current batch (manual advance, or past
+    /// unmet criteria): the next batch may open.
+    pub promoted: bool,
+}
+
+/// Time a wave has spent paused, so deadlines can leave it out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PauseClock {
+    /// Paused milliseconds before the current pause.
+    pub total_ms: u64,
+    /// When the current pause began (`None`: not paused).
+    pub since_ms: Option<i64>,
+}
+
+impl PauseClock {
+    /// Paused milliseconds up to `now`.
+    pub fn paused_ms(&self, now: i64) -> u64 {
+        self.total_ms
+            + self
+                .since_ms
+                .map_or(0, |since| now.saturating_sub(since).max(0) as u64)
+    }
 }
 
 /// One entry of the audit log.

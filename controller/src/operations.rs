@@ -135,6 +135,10 @@ impl Controller {
                     machines: 0,
                     started_ms: None,
                     finished_ms: None,
+                    batch: Default::default(),
+                    halt_reason: None,
+                    paused: Default::default(),
+                    retry_of: None,
                 };
                 let key = keys::key(keys::WAVES, &spec.name);
                 txn = txn
@@ -271,6 +275,10 @@ impl Controller {
                     failure: None,
                     destination,
                     placement: None,
+                    batch: None,
+                    phase_since_ms: now_ms(),
+                    not_before_ms: None,
+                    skip_reason: None,
                     created_ms: now_ms(),
                     started_ms: None,
                     finished_ms: None,

@@ -260,6 +260,7 @@ pub fn parse(source: &str, machines: &[Machine]) -> Result<Plan, Vec<Problem>> {
             max_in_flight,
             capture: raw_wave.capture,
             pairs,
+            policy: Default::default(),
         });
     }
 
@@ -271,6 +272,7 @@ pub fn parse(source: &str, machines: &[Machine]) -> Result<Plan, Vec<Problem>> {
         waves,
         applied_ms: now_ms(),
         source: source.to_string(),
+        policy: Default::default(),
     })
 }
 

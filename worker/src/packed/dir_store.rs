@@ -118,6 +118,17 @@ impl DirStore {
     /// packed store when `overwrite` (its chunks stay and dedup against the new capture; its
     /// manifest is dropped). Refuses any other non-empty directory.
     pub fn create(dir: &Path, migration_id: &str, hostname: &str, overwrite: bool) -> Result<Self> {
+        let info = StoreInfo {
+            kind: STORE_KIND.to_owned(),
+            format_version: fleetmig_format::FORMAT_VERSION,
+            migration_id: migration_id.to_owned(),
+            hostname: hostname.to_owned(),
+            created_unix_ms: now_ms(),
+            state: StoreState::Capturing,
+            manifest_digest: String::new(),
+            logical_bytes: 0,
+            chunks: 0,
+        };
         let exists = dir.is_dir()
             && fs::read_dir(dir)
                 .map_err(|error| Error::io(dir, error))?
@@ -139,6 +150,9 @@ impl DirStore {
             if !overwrite {
                 return Err(Error::PackedStoreExists(dir.to_path_buf()));
             }
+            // Capturing before the old manifest goes: a crash in between must not leave a
+            // store that says committed without its manifest.
+            write_info(dir, &info)?;
             remove_if_present(&dir.join(MANIFEST_FILE))?;
             let temp = dir.join(TEMP_DIR);
             if temp.is_dir() {
@@ -156,17 +170,6 @@ impl DirStore {
                 Err(error) => return Err(Error::io(&sub, error)),
             }
         }
-        let info = StoreInfo {
-            kind: STORE_KIND.to_owned(),
-            format_version: fleetmig_format::FORMAT_VERSION,
-            migration_id: migration_id.to_owned(),
-            hostname: hostname.to_owned(),
-            created_unix_ms: now_ms(),
-            state: StoreState::Capturing,
-            manifest_digest: String::new(),
-            logical_bytes: 0,
-            chunks: 0,
-        };
         write_info(dir, &info)?;
         Ok(Self {
             dir: dir.to_path_buf(),
