@@ -2,13 +2,14 @@
 //! associated destinations restore, with real processes on loopback.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fleetmig_proto::v1::worker_service_client::WorkerServiceClient;
 use fleetmig_proto::v1::{CheckInRequest, JobPhase, PhaseReport};
 use fleetmig_tests::{
-    Cluster, MachineSnapshot, assert_replaced, describe_jobs, job, job_ids_by_hostname,
-    replace_plan, wait_for,
+    Cluster, MachineSnapshot, REPLACE_PHASES, assert_phases_entered_once, assert_replaced,
+    committed_capture, describe_jobs, job, job_ids_by_hostname, job_transitions, replace_plan,
+    wait_for, write_seeded_file, xp_profile,
 };
 
 /// An empty machine root for new hardware: the hostname is the directory name.
@@ -289,4 +290,266 @@ async fn a_full_node_refuses_cleanly() {
     let status = cluster.status("swap").await;
     assert_eq!(job(&status, &job_id).phase(), JobPhase::Pending);
     assert!(node.chunk_files().is_empty(), "no chunk may be written");
+}
+
+/// Bytes of the files a snapshot says must migrate: what its capture holds.
+fn captured_bytes(snapshot: &MachineSnapshot) -> u64 {
+    snapshot.expected.values().map(|file| file.size).sum()
+}
+
+/// Source machines of the dedup wave.
+const DEDUP_SOURCES: usize = 10;
+/// Files every dedup source holds with the same content.
+const SHARED_FILES: u64 = 14;
+/// Files of each dedup source nobody else holds.
+const UNIQUE_FILES: u64 = 8;
+
+/// Dedup source `index` (hostname `XP-D<index>`): the same small generated profile (one seed
+/// for all), the same [`SHARED_FILES`] incompressible files, then [`UNIQUE_FILES`]
+/// incompressible files of its own, sized so that they make up 30% of what it captures
+/// (about 13 MB in all). Every byte comes from a seed, so the machine is the same on every
+/// run. Returns its hostname, root, snapshot and the bytes of its own files.
+async fn dedup_source(cluster: &Cluster, index: usize) -> (String, PathBuf, MachineSnapshot, u64) {
+    let name = format!("XP-D{index}");
+    let root = cluster.gen_machine(&name, 70, 1, 12).await;
+    let documents = xp_profile(&root, "alice").join("My Documents");
+    for k in 0..SHARED_FILES {
+        // Two files of several chunks (chunks are 256 KiB to 4 MiB), the others of one or two.
+        let size = if k < 2 {
+            1_310_720 + k * 65_536
+        } else {
+            65_536 + (k * 37 % 17) * 24_576
+        };
+        let path = documents.join("Shared").join(format!("report-{k:02}.bin"));
+        write_seeded_file(&path, 0x5EED_0000 + k, size as usize);
+    }
+    let shared = captured_bytes(&MachineSnapshot::take(&root).await);
+    // unique / (shared + unique) = 30%.
+    let unique = shared * 3 / 7;
+    for k in 0..UNIQUE_FILES {
+        let mut size = unique / UNIQUE_FILES;
+        if k == UNIQUE_FILES - 1 {
+            size += unique % UNIQUE_FILES;
+        }
+        let path = documents.join("Own").join(format!("{name}-{k}.dat"));
+        write_seeded_file(&path, ((index as u64 + 1) << 32) | k, size as usize);
+    }
+    let snapshot = MachineSnapshot::take(&root).await;
+    (name, root, snapshot, unique)
+}
+
+/// Ten sources sharing 70% of their bytes go through one storage node to ten new machines:
+/// every destination gets its source's state byte for byte, and the node stores the shared
+/// content once: at most 40% of the bytes captured (the files added to the generated profile
+/// are incompressible, so only dedup gets there; without it the node would hold nearly all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wave_of_similar_machines_is_stored_once_on_the_node() {
+    let started = Instant::now();
+    let mut cluster = Cluster::new();
+    let mut sources = Vec::new();
+    for index in 0..DEDUP_SOURCES {
+        sources.push(dedup_source(&cluster, index).await);
+    }
+    let destinations: Vec<(String, PathBuf)> = (0..DEDUP_SOURCES)
+        .map(|index| {
+            let name = format!("W7-D{index}");
+            let root = new_hardware(&cluster, &name);
+            (name, root)
+        })
+        .collect();
+    let generated = started.elapsed();
+
+    cluster.start_controller().await;
+    let node = cluster.start_storage_node("smp1", "default", &[]).await;
+    let mut workers = Vec::new();
+    for root in sources
+        .iter()
+        .map(|(_, root, _, _)| root)
+        .chain(destinations.iter().map(|(_, root)| root))
+    {
+        workers.push(cluster.start_worker(root, &[]));
+    }
+    let hostnames: Vec<&str> = sources
+        .iter()
+        .map(|(name, _, _, _)| name.as_str())
+        .chain(destinations.iter().map(|(name, _)| name.as_str()))
+        .collect();
+    cluster
+        .wait_for_enrolled(&hostnames, Duration::from_secs(60))
+        .await;
+    let pairs: Vec<(&str, &str)> = sources
+        .iter()
+        .zip(&destinations)
+        .map(|((source, _, _, _), (destination, _))| (source.as_str(), destination.as_str()))
+        .collect();
+    cluster
+        .apply_plan(&replace_plan("p", "dedup", DEDUP_SOURCES as u32, &pairs))
+        .await;
+    let wave_started = Instant::now();
+    cluster.start_wave("dedup").await;
+    let jobs = job_ids_by_hostname(&cluster.status("dedup").await);
+    assert_eq!(jobs.len(), DEDUP_SOURCES, "one job per pair: {jobs:?}");
+    cluster
+        .wait_for_all_done("dedup", DEDUP_SOURCES, Duration::from_secs(180))
+        .await;
+    let wave = wave_started.elapsed();
+
+    let (mut captured, mut unique) = (0, 0);
+    let (mut referenced, mut sealed, mut found, mut already_held) = (0, 0, 0, 0);
+    for ((source, root, snapshot, own), (_, destination)) in sources.iter().zip(&destinations) {
+        assert_replaced(snapshot, destination);
+        let bytes = captured_bytes(snapshot);
+        let committed = committed_capture(root, &jobs[source]);
+        assert_eq!(
+            (committed.files, committed.bytes),
+            (snapshot.expected.len() as u64, bytes),
+            "{source} journaled another capture than its files"
+        );
+        captured += bytes;
+        unique += own;
+        referenced += committed.upload.chunks_referenced;
+        sealed += committed.upload.chunks_sealed;
+        found += committed.upload.chunks_found_on_node;
+        already_held += committed.upload.chunks_sent_already_held;
+    }
+    let stored = node.chunk_bytes();
+    let chunk_files = node.chunk_files().len() as u64;
+    let capacity = node.capacity().await;
+    assert_eq!(
+        capacity.stored_bytes, stored,
+        "the node's stored_bytes should be the bytes of its chunk files"
+    );
+    let ratio = stored as f64 / captured as f64;
+    eprintln!(
+        "dedup: captured {captured} bytes, stored {stored} bytes, ratio {ratio:.3} \
+         ({chunk_files} chunk files for {referenced} chunk references; sources sealed {sealed} \
+         chunks, found {found} on the node when asking, sent {already_held} the node held by \
+         then); generation {:.1}s, wave {:.1}s",
+        generated.as_secs_f64(),
+        wave.as_secs_f64()
+    );
+    // Nobody else holds a source's own files, and they do not compress: a floor that a node
+    // losing data, or a count missing files, falls under.
+    assert!(
+        stored >= unique,
+        "the node stores {stored} bytes, less than the {unique} bytes no two sources share"
+    );
+    assert!(
+        chunk_files < referenced,
+        "no chunk is shared: {chunk_files} chunk files for {referenced} references"
+    );
+    assert!(
+        ratio <= 0.40,
+        "the node stores {stored} of {captured} captured bytes ({:.1}%), more than 40%",
+        ratio * 100.0
+    );
+}
+
+/// Small files of the fault test's source: one chunk each, so the node makes them durable in
+/// batches of 512 within one upload stream.
+const MAIL_FILES: u64 = 1600;
+
+/// The storage node is SIGKILLed in the middle of a source's upload and comes back a second
+/// later on the same port and data directory. The source retries, asks the node what it
+/// lacks, and sends only that: the job finishes without failing or capturing again, the
+/// destination gets the state byte for byte, no chunk the node held was sent again, and the
+/// node holds exactly the chunks the manifest references.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_storage_node_killed_mid_upload_gets_only_what_it_lacks() {
+    let mut cluster = Cluster::new();
+    let source = cluster.gen_machine("XP-K", 81, 1, 12).await;
+    let mail = xp_profile(&source, "alice")
+        .join("My Documents")
+        .join("Mail");
+    for k in 0..MAIL_FILES {
+        let size = 4_096 + (k * 613 % 8_192);
+        write_seeded_file(
+            &mail.join(format!("message-{k:04}.eml")),
+            0xFA17_0000 + k,
+            size as usize,
+        );
+    }
+    let snapshot = MachineSnapshot::take(&source).await;
+    let destination = new_hardware(&cluster, "W7-K");
+
+    cluster.start_controller().await;
+    let mut node = cluster.start_storage_node("smp1", "default", &[]).await;
+    // Slow reads keep the upload going for seconds (about 8 s with 2 reader threads).
+    let _source_worker = cluster.start_worker(&source, &["--fault-capture-delay-ms", "10"]);
+    let _destination_worker = cluster.start_worker(&destination, &[]);
+    cluster
+        .wait_for_enrolled(&["XP-K", "W7-K"], Duration::from_secs(30))
+        .await;
+    cluster
+        .apply_plan(&replace_plan("p", "swap", 1, &[("XP-K", "W7-K")]))
+        .await;
+    cluster.start_wave("swap").await;
+    let job_id = job_ids_by_hostname(&cluster.status("swap").await)["XP-K"].clone();
+
+    // Kill as soon as the node made some chunks durable while the capture goes on.
+    wait_for(
+        async || {
+            let status = cluster
+                .try_status("swap")
+                .await
+                .map_err(|e| e.to_string())?;
+            let phase = job(&status, &job_id).phase();
+            let held = node.chunk_files().len();
+            match phase {
+                JobPhase::Capturing if held > 0 => Ok(()),
+                JobPhase::Pending | JobPhase::Assigned | JobPhase::Capturing => Err(format!(
+                    "{held} chunk files on the node;{}",
+                    describe_jobs(&status)
+                )),
+                _ => panic!(
+                    "the capture went past CAPTURING before the node held a chunk:{}",
+                    describe_jobs(&status)
+                ),
+            }
+        },
+        Duration::from_secs(60),
+        "the node to hold chunks of the running capture",
+    )
+    .await;
+    node.kill().await;
+    let held_at_kill = node.chunk_files().len() as u64;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    node.restart(&[]).await;
+
+    cluster
+        .wait_for_all_done("swap", 1, Duration::from_secs(120))
+        .await;
+    assert_replaced(&snapshot, &destination);
+    let events = cluster.audit_log("swap").await;
+    assert_phases_entered_once(&job_transitions(&events), &job_id, &REPLACE_PHASES, &events);
+
+    let upload = committed_capture(&source, &job_id).upload;
+    let held = node.chunk_files().len() as u64;
+    eprintln!(
+        "node killed with {held_at_kill} chunk files of {} referenced; upload: {upload:?}; \
+         the node now holds {held} chunk files",
+        upload.chunks_referenced
+    );
+    assert!(
+        held_at_kill > 0 && held_at_kill < upload.chunks_referenced,
+        "the kill should land mid-upload: {held_at_kill} of {} chunks held",
+        upload.chunks_referenced
+    );
+    assert_eq!(
+        upload.chunks_sent_already_held, 0,
+        "chunks the node had stored were sent again: {upload:?}"
+    );
+    assert_eq!(
+        held, upload.chunks_referenced,
+        "the node should hold exactly the chunks of the manifest: {upload:?}"
+    );
+    assert_eq!(
+        upload.chunks_sealed, upload.chunks_referenced,
+        "every chunk should be sealed once, in one capture: {upload:?}"
+    );
+    assert!(
+        upload.chunks_resent <= upload.chunks_referenced - held_at_kill,
+        "more chunks re-sent than the node lacked after the kill ({}): {upload:?}",
+        upload.chunks_referenced - held_at_kill
+    );
 }

@@ -277,17 +277,39 @@ pub const REFRESH_PHASES: [&str; 7] = [
     "done",
 ];
 
+/// The phases a replace job enters, in order, as the audit log names them (the source
+/// captures, its destination restores; nothing is reimaged).
+pub const REPLACE_PHASES: [&str; 6] = [
+    "assigned",
+    "capturing",
+    "captured",
+    "restoring",
+    "verifying",
+    "done",
+];
+
 /// Asserts that the audit log shows each of the [`REFRESH_PHASES`] entered exactly once
 /// by `job_id`, in order, and nothing else (no failure, no phase entered twice).
 pub fn assert_each_phase_once(transitions: &JobTransitions, job_id: &str, events: &[Event]) {
+    assert_phases_entered_once(transitions, job_id, &REFRESH_PHASES, events);
+}
+
+/// Asserts that the audit log shows `job_id` entering exactly `phases`, each once, in order,
+/// every transition starting where the previous one ended (no failure, no retry).
+pub fn assert_phases_entered_once(
+    transitions: &JobTransitions,
+    job_id: &str,
+    phases: &[&str],
+    events: &[Event],
+) {
     let entered: Vec<&str> = transitions
         .get(job_id)
         .map(|list| list.iter().map(|t| t.to.as_str()).collect())
         .unwrap_or_default();
     assert_eq!(
         entered,
-        REFRESH_PHASES,
-        "job {job_id} should have entered each refresh phase exactly once, in order; audit log:{}",
+        phases,
+        "job {job_id} should have entered each phase exactly once, in order; audit log:{}",
         describe_events(events)
     );
     for window in transitions[job_id].windows(2) {

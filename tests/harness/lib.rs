@@ -19,13 +19,18 @@ mod process;
 mod store;
 
 pub use checks::{
-    JobTransitions, REFRESH_PHASES, Transition, assert_each_phase_once, assert_refreshed,
-    assert_replaced, assert_single_reimage, describe_events, describe_jobs, describe_journal, job,
-    job_ids_by_hostname, job_transitions, phase_of,
+    JobTransitions, REFRESH_PHASES, REPLACE_PHASES, Transition, assert_each_phase_once,
+    assert_phases_entered_once, assert_refreshed, assert_replaced, assert_single_reimage,
+    describe_events, describe_jobs, describe_journal, job, job_ids_by_hostname, job_transitions,
+    phase_of,
 };
 pub use cluster::{Cluster, ControllerHandle, WorkerHandle};
-pub use journal::{JournalEntry, journal_path, read_journal};
-pub use machine::{MachineSnapshot, source_inodes, temp_file_names};
+pub use journal::{
+    CommittedCapture, JournalEntry, UploadFigures, committed_capture, journal_path, read_journal,
+};
+pub use machine::{
+    MachineSnapshot, seeded_bytes, source_inodes, temp_file_names, write_seeded_file, xp_profile,
+};
 pub use nodes::{StorageNodeHandle, chunk_files};
 pub use operator::{refresh_plan, replace_plan, wait_for};
 pub use process::{ChildProcess, bin, log_tail};

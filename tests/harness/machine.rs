@@ -104,6 +104,44 @@ impl MachineSnapshot {
     }
 }
 
+/// The XP profile directory of `user` on the machine at `root`
+/// (`<root>/Documents and Settings/<user>`).
+pub fn xp_profile(root: &Path, user: &str) -> PathBuf {
+    root.join(XP_PROFILES_DIR).join(user)
+}
+
+/// `len` deterministic bytes for `seed`: a SplitMix64 stream, so the same seed always gives
+/// the same content and the bytes do not compress (compression cannot hide how much of a
+/// capture was deduplicated).
+pub fn seeded_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed;
+    let mut bytes = Vec::with_capacity(len + 8);
+    while bytes.len() < len {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        bytes.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    bytes.truncate(len);
+    bytes
+}
+
+/// Writes [`seeded_bytes`]`(seed, len)` to `path`, creating its parent directories; returns
+/// `len`.
+///
+/// # Panics
+/// When the file cannot be written.
+pub fn write_seeded_file(path: &Path, seed: u64, len: usize) -> u64 {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .unwrap_or_else(|err| panic!("cannot create {}: {err}", parent.display()));
+    }
+    std::fs::write(path, seeded_bytes(seed, len))
+        .unwrap_or_else(|err| panic!("cannot write {}: {err}", path.display()));
+    len as u64
+}
+
 /// XP path (relative to `root`, '/'-separated, `Documents and Settings/...`) -> inode of
 /// every regular file under `Documents and Settings`.
 pub fn source_inodes(root: &Path) -> BTreeMap<String, u64> {

@@ -5,6 +5,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use fleetmig_proto::v1::storage_node_client::StorageNodeClient;
+use fleetmig_proto::v1::{CapacityReport, GetCapacityRequest};
+
 use crate::cluster::{Cluster, wait_for_ready_file};
 use crate::process::{ChildProcess, LiveChildren, bin};
 
@@ -132,6 +135,44 @@ impl StorageNodeHandle {
     /// The chunk files the node holds (`chunks/<2 hex>/<id>`), by id.
     pub fn chunk_files(&self) -> Vec<(String, PathBuf)> {
         chunk_files(&self.data_dir)
+    }
+
+    /// Bytes of the chunk files the node holds (checksum headers included): what it stores
+    /// after dedup.
+    pub fn chunk_bytes(&self) -> u64 {
+        self.chunk_files()
+            .iter()
+            .map(|(_, path)| {
+                std::fs::metadata(path)
+                    .unwrap_or_else(|err| panic!("cannot stat {}: {err}", path.display()))
+                    .len()
+            })
+            .sum()
+    }
+
+    /// The node's own capacity report (`GetCapacity`, which needs no token).
+    ///
+    /// # Panics
+    /// When the node does not answer.
+    pub async fn capacity(&self) -> CapacityReport {
+        let mut client = StorageNodeClient::connect(self.url())
+            .await
+            .unwrap_or_else(|err| {
+                panic!(
+                    "cannot connect to node {} at {}: {err}",
+                    self.name,
+                    self.url()
+                )
+            });
+        match client.get_capacity(GetCapacityRequest {}).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => panic!(
+                "GetCapacity on node {} failed: {:?}: {}",
+                self.name,
+                status.code(),
+                status.message()
+            ),
+        }
     }
 }
 

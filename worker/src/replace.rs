@@ -13,6 +13,8 @@
 //! Milestones go to the machine's journal (`capture.committed`, `capture.released`,
 //! `restore.done`, `restore.verified`, `restore.released`) so a worker that crashed between a
 //! node call and the controller's acknowledgement resumes without redoing or losing anything.
+//! `capture.committed` also carries how the upload went ([`UploadFigures`]: chunks sealed,
+//! stored, found on the node, sent though the node held them, re-sent after a broken stream).
 
 use std::path::{Path, PathBuf};
 
@@ -29,7 +31,8 @@ use crate::telemetry::WatchSink;
 /// File name of the metadata cache in the agent state dir.
 pub const CACHE_FILE: &str = "packcache.bin";
 
-/// What the source remembers of its committed capture.
+/// What the source remembers of its committed capture: the detail (JSON) of its
+/// `capture.committed` and `capture.released` journal entries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct CaptureRecord {
     users: u32,
@@ -39,6 +42,52 @@ struct CaptureRecord {
     excluded_files: u64,
     manifest_digest: String,
     store_location: String,
+    /// How the chunks got to the node (all zero in the records of workers that predate it, so a
+    /// worker upgraded mid-job still finds its committed capture).
+    #[serde(default)]
+    upload: UploadFigures,
+}
+
+/// The upload figures of a committed capture, as operators read them in the journal entry
+/// `capture.committed` (key `upload`). Chunk counts are of sealed chunks, the node's unit of
+/// storage and dedup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UploadFigures {
+    /// Distinct chunks the committed manifest references.
+    pub chunks_referenced: u64,
+    /// Distinct chunks the node already held when asked (content it had from this or another
+    /// machine): neither sealed nor sent.
+    pub chunks_found_on_node: u64,
+    /// Chunks sealed and sent because the node lacked them when asked (each at most once).
+    pub chunks_sealed: u64,
+    /// Bytes of those sealed chunks (after compression and encryption).
+    pub sealed_bytes: u64,
+    /// Chunks the node acknowledged writing. Chunks it made durable from an upload stream that
+    /// then broke are not acknowledged, so are not counted here.
+    pub chunks_stored: u64,
+    /// Chunks sent that the node already held when they arrived (acknowledged, not written
+    /// again): another capture stored the same content meanwhile, or a re-send repeated a
+    /// chunk the node had kept.
+    pub chunks_sent_already_held: u64,
+    /// Chunks sent again after an upload stream broke (only those the node then lacked).
+    pub chunks_resent: u64,
+}
+
+impl UploadFigures {
+    /// The figures of a packed capture report.
+    pub fn of(report: &packed::CaptureReport) -> Self {
+        let stats = &report.stats;
+        Self {
+            chunks_referenced: report.chunks,
+            chunks_found_on_node: stats.chunks_present,
+            chunks_sealed: stats.chunks_sealed,
+            sealed_bytes: stats.sealed_bytes,
+            chunks_stored: stats.chunks_stored,
+            chunks_sent_already_held: stats.chunks_already_present,
+            chunks_resent: stats.chunks_resent,
+        }
+    }
 }
 
 impl CaptureRecord {
@@ -201,13 +250,19 @@ async fn capture(
     for (path, reason) in &report.skipped {
         tracing::warn!(job_id = %ctx.job_id, %path, %reason, "file skipped");
     }
+    let upload = UploadFigures::of(&report);
     tracing::info!(
         job_id = %ctx.job_id,
         files = report.files,
         bytes = report.bytes,
         cache_hits = report.stats.cache_hits,
-        chunks_sealed = report.stats.chunks_sealed,
-        sealed_bytes = report.stats.sealed_bytes,
+        chunks_referenced = upload.chunks_referenced,
+        chunks_found_on_node = upload.chunks_found_on_node,
+        chunks_sealed = upload.chunks_sealed,
+        sealed_bytes = upload.sealed_bytes,
+        chunks_stored = upload.chunks_stored,
+        chunks_sent_already_held = upload.chunks_sent_already_held,
+        chunks_resent = upload.chunks_resent,
         digest = %report.manifest_digest,
         "capture committed to the storage node"
     );
@@ -219,6 +274,7 @@ async fn capture(
         excluded_files: report.excluded_files,
         manifest_digest: report.manifest_digest.clone(),
         store_location: format!("node:{}/{}", transfer.node_id, transfer.migration_id),
+        upload,
     };
     ctx.record("capture.committed", detail(&record)).await?;
     Ok(record)
@@ -524,6 +580,39 @@ mod tests {
         assert_eq!(blake3::hash(&sealed).to_hex().as_str(), digest);
         assert!(old.join("_fleetmig").join(CACHE_FILE).is_file());
 
+        // The committed milestone carries the upload figures: a fresh node held nothing, so
+        // every referenced chunk was sealed, sent and stored exactly once.
+        let committed: CaptureRecord = recorded(&source, "capture.committed").unwrap().unwrap();
+        let upload = committed.upload;
+        let held = node.state.lock().unwrap().chunks.len() as u64;
+        assert!(upload.chunks_referenced > 0, "{upload:?}");
+        assert_eq!(upload.chunks_referenced, held, "{upload:?}");
+        assert_eq!(upload.chunks_sealed, held, "{upload:?}");
+        assert_eq!(upload.chunks_stored, held, "{upload:?}");
+        assert_eq!(upload.chunks_found_on_node, 0, "{upload:?}");
+        assert_eq!(upload.chunks_sent_already_held, 0, "{upload:?}");
+        assert_eq!(upload.chunks_resent, 0, "{upload:?}");
+        let sealed_held: u64 = node
+            .state
+            .lock()
+            .unwrap()
+            .chunks
+            .values()
+            .map(|bytes| bytes.len() as u64)
+            .sum();
+        assert_eq!(upload.sealed_bytes, sealed_held, "{upload:?}");
+        let detail = source
+            .state
+            .journal()
+            .unwrap()
+            .into_iter()
+            .rfind(|entry| entry.event == "capture.committed")
+            .unwrap()
+            .detail;
+        let json: serde_json::Value = serde_json::from_str(&detail).unwrap();
+        assert_eq!(json["upload"]["chunks_sealed"], held, "{detail}");
+        assert_eq!(json["upload"]["chunks_sent_already_held"], 0, "{detail}");
+
         // A source resumed after its report was lost reports the same capture, sending nothing.
         let received = node.state.lock().unwrap().received;
         let resumed = context(
@@ -580,6 +669,63 @@ mod tests {
         run(&resumed).await.unwrap();
         assert_eq!(node.state.lock().unwrap().releases, 2);
         assert_eq!(controller.phases().last(), Some(&JobPhase::Done));
+    }
+
+    /// A second machine with the same content finds every chunk on the node: nothing sealed
+    /// or sent, and the figures say so.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_capture_of_content_the_node_holds_sends_nothing() {
+        let node = FakeNode::default();
+        let node_url = node.serve_here().await;
+        let controller = FakeController::default();
+        let controller_url = controller.serve().await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut figures = Vec::new();
+        for name in ["a", "b"] {
+            let root = dir.path().join(name);
+            let opts = fleetmig_state::GenOptions {
+                seed: 32,
+                users: 1,
+                files_per_user: 40,
+                hostname: Some("PC-32".into()),
+            };
+            fleetmig_state::generate_machine(&root, &opts).unwrap();
+            let mut job = transfer(&node_url);
+            job.migration_id = format!("job-{name}");
+            let mut ctx = context(&root, &controller_url, JobPhase::Assigned, Some(job));
+            ctx.job_id = format!("job-{name}");
+            run(&ctx).await.unwrap();
+            let record: CaptureRecord = recorded(&ctx, "capture.committed").unwrap().unwrap();
+            figures.push(record.upload);
+        }
+        let (first, second) = (figures[0], figures[1]);
+        assert!(first.chunks_sealed > 0, "{first:?}");
+        assert_eq!(second.chunks_referenced, first.chunks_referenced);
+        assert_eq!(
+            second.chunks_found_on_node, first.chunks_referenced,
+            "{second:?}"
+        );
+        assert_eq!(
+            (
+                second.chunks_sealed,
+                second.sealed_bytes,
+                second.chunks_stored
+            ),
+            (0, 0, 0),
+            "{second:?}"
+        );
+    }
+
+    /// The journal entry of a worker that predates the upload figures still parses (with zero
+    /// figures), so an upgraded worker does not capture a committed migration again.
+    #[test]
+    fn records_without_upload_figures_still_parse() {
+        let old = r#"{"users":2,"files":9,"directories":4,"bytes":1234,"excluded_files":1,"manifest_digest":"ab","store_location":"node:n/m"}"#;
+        let record: CaptureRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(record.files, 9);
+        assert_eq!(record.upload, UploadFigures::default());
+        let again: CaptureRecord = serde_json::from_str(&detail(&record)).unwrap();
+        assert_eq!(again, record);
     }
 
     #[tokio::test]

@@ -89,6 +89,10 @@ pub struct CaptureStats {
     pub chunks_present: u64,
     /// Chunks the store wrote.
     pub chunks_stored: u64,
+    /// Chunks sent that the store already held when they arrived (acknowledged, not written
+    /// again): another capture stored the same content between our `missing` call and the
+    /// upload, or a re-send repeated a chunk the store had kept.
+    pub chunks_already_present: u64,
     /// Chunks sent again after a broken upload.
     pub chunks_resent: u64,
     /// `missing` calls made.
@@ -99,6 +103,7 @@ impl CaptureStats {
     fn from_pipeline(pipeline: &PipelineStats, cache_hits: u64, cache_calls: u64) -> Self {
         let UploadStats {
             chunks_stored,
+            chunks_already_present,
             chunks_resent,
             ..
         } = pipeline.upload;
@@ -110,6 +115,7 @@ impl CaptureStats {
             sealed_bytes: pipeline.sealed_bytes,
             chunks_present: pipeline.chunks_present,
             chunks_stored,
+            chunks_already_present,
             chunks_resent,
             missing_calls: pipeline.missing_calls + cache_calls,
         }
