@@ -17,8 +17,9 @@ REQUIREMENTS=(
     "libprotobuf-dev /usr/include/google/protobuf/timestamp.proto"
     # zstd, the baseline of scripts/bench-packed.sh.
     "zstd zstd"
-    # --- etcd: uncomment when the controller's etcd store backend and its tests land. ---
-    # "etcd-server etcd"
+    # etcd 3.4, the controller's HA store backend; its tests start a real `etcd` process
+    # (see scripts/etcd.sh and controller/src/store/etcd_tests.rs).
+    "etcd-server etcd"
 )
 
 is_present() {

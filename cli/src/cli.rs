@@ -30,13 +30,16 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// The subcommands.
+/// The subcommands. Every operator command takes `--json` for
+/// machine-readable output (one JSON document; JSON lines for a followed
+/// event stream).
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check or store a migration plan.
     #[command(subcommand)]
     Plan(PlanCommand),
-    /// Start, pause, resume or abort a wave.
+    /// Wave controls (start, pause, resume, abort, promote, retry-failed)
+    /// and the focused status of one wave.
     #[command(subcommand)]
     Wave(WaveCommand),
     /// Waves and jobs with their phases.
@@ -44,13 +47,25 @@ pub enum Command {
     /// Enrolled machines.
     #[command(subcommand)]
     Machines(MachinesCommand),
-    /// Follow job transitions and operator actions as they happen (until Ctrl-C).
+    /// Storage nodes (state migration points).
+    #[command(subcommand)]
+    Storage(StorageCommand),
+    /// The audit log (who did what, when); with --follow, job transitions
+    /// and operator actions as they happen (until Ctrl-C).
     Events(EventsArgs),
     /// Run a whole migration locally: controller, storage node and simulated
     /// XP machines, then check every restored file against its original.
     ///
     /// The demo starts its own controller; --controller is ignored.
     Demo(crate::demo::DemoArgs),
+}
+
+/// `--json`, shared by every operator command.
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct JsonFlag {
+    /// Print machine-readable JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `fleetmig plan ...`
@@ -68,6 +83,9 @@ pub struct PlanFileArgs {
     /// The plan (TOML).
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
+    /// Output format.
+    #[command(flatten)]
+    pub output: JsonFlag,
 }
 
 /// `fleetmig wave ...`
@@ -75,12 +93,23 @@ pub struct PlanFileArgs {
 pub enum WaveCommand {
     /// Create the wave's jobs and start admitting them.
     Start(WaveArgs),
-    /// Stop admitting new jobs (running ones finish).
+    /// Stop admitting new jobs and freeze deadlines (running jobs go on).
     Pause(WaveArgs),
-    /// Admit jobs again after a pause or a halt.
+    /// Admit jobs again after a pause or a halt by the error budget.
     Resume(WaveArgs),
-    /// Skip every job that has not started.
+    /// Start nothing new: skip jobs not started, let running captures
+    /// finish and stop with their state kept, let jobs past their capture
+    /// finish (never cut mid-reimage).
     Abort(WaveArgs),
+    /// Let the next batch of a running wave open (manual advance, or past
+    /// unmet success criteria).
+    Promote(WaveArgs),
+    /// Create a wave NAME-retry-N with the failed machines of NAME (replace
+    /// waves: the same pairs), same spec and policy.
+    RetryFailed(RetryFailedArgs),
+    /// One wave in focus: state, batch, budget, phases, why jobs wait, why
+    /// they failed.
+    Status(WaveArgs),
 }
 
 impl WaveCommand {
@@ -91,6 +120,9 @@ impl WaveCommand {
             Self::Pause(args) => (args, "pause"),
             Self::Resume(args) => (args, "resume"),
             Self::Abort(args) => (args, "abort"),
+            Self::Promote(args) => (args, "promote"),
+            Self::RetryFailed(args) => (&args.wave, "retry-failed"),
+            Self::Status(args) => (args, "status"),
         }
     }
 }
@@ -101,6 +133,20 @@ pub struct WaveArgs {
     /// Name of the wave.
     #[arg(value_name = "NAME")]
     pub name: String,
+    /// Output format.
+    #[command(flatten)]
+    pub output: JsonFlag,
+}
+
+/// `fleetmig wave retry-failed NAME [--start]`
+#[derive(Debug, Args)]
+pub struct RetryFailedArgs {
+    /// The wave whose failed machines are retried.
+    #[command(flatten)]
+    pub wave: WaveArgs,
+    /// Start the new wave at once (otherwise start it with `wave start`).
+    #[arg(long)]
+    pub start: bool,
 }
 
 /// `fleetmig status`
@@ -109,9 +155,9 @@ pub struct StatusArgs {
     /// Only this wave.
     #[arg(long, value_name = "WAVE")]
     pub wave: Option<String>,
-    /// Print JSON instead of tables.
-    #[arg(long)]
-    pub json: bool,
+    /// Output format.
+    #[command(flatten)]
+    pub output: JsonFlag,
 }
 
 /// `fleetmig machines ...`
@@ -130,9 +176,24 @@ pub struct MachinesListArgs {
     /// Only machines whose latest job is in this phase.
     #[arg(long, value_name = "PHASE", value_parser = clap::builder::PossibleValuesParser::new(crate::output::PHASE_NAMES))]
     pub state: Option<String>,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
+    /// Output format.
+    #[command(flatten)]
+    pub output: JsonFlag,
+}
+
+/// `fleetmig storage ...`
+#[derive(Debug, Subcommand)]
+pub enum StorageCommand {
+    /// List storage nodes with their capacity, sessions and last report.
+    List(StorageListArgs),
+}
+
+/// `fleetmig storage list`
+#[derive(Debug, Args)]
+pub struct StorageListArgs {
+    /// Output format.
+    #[command(flatten)]
+    pub output: JsonFlag,
 }
 
 /// `fleetmig events`
@@ -141,9 +202,28 @@ pub struct EventsArgs {
     /// Only events of this wave.
     #[arg(long, value_name = "WAVE")]
     pub wave: Option<String>,
-    /// Print the stored audit log first, then follow.
+    /// Follow live events until Ctrl-C (without it: print the stored audit
+    /// log and exit).
+    #[arg(short, long)]
+    pub follow: bool,
+    /// With --follow: print the stored audit log first (implies --follow).
     #[arg(long)]
     pub replay: bool,
+    /// Output format (JSON lines when following).
+    #[command(flatten)]
+    pub output: JsonFlag,
+}
+
+impl EventsArgs {
+    /// Whether the command keeps following live events.
+    pub fn follows(&self) -> bool {
+        self.follow || self.replay
+    }
+
+    /// Whether the stored audit log is printed.
+    pub fn replays(&self) -> bool {
+        self.replay || !self.follow
+    }
 }
 
 #[cfg(test)]
@@ -169,7 +249,7 @@ mod tests {
         let Command::Status(status) = cli.command else {
             panic!("expected status");
         };
-        assert!(status.json);
+        assert!(status.output.json);
         assert_eq!(status.wave, None);
     }
 
@@ -185,6 +265,114 @@ mod tests {
         };
         let (args, action) = wave.parts();
         assert_eq!((args.name.as_str(), action), ("pilot", "abort"));
+    }
+
+    /// Leaf subcommands as `(path, command)`, e.g. `("wave retry-failed", ...)`.
+    fn leaves(command: &clap::Command, path: &str, out: &mut Vec<(String, clap::Command)>) {
+        if !command.has_subcommands() {
+            out.push((path.trim().to_owned(), command.clone()));
+        }
+        for sub in command.get_subcommands() {
+            leaves(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_operator_command_accepts_json() {
+        let mut all = Vec::new();
+        leaves(&Cli::command(), "", &mut all);
+        let names: Vec<&str> = all.iter().map(|(path, _)| path.as_str()).collect();
+        for expected in [
+            "plan validate",
+            "plan apply",
+            "wave start",
+            "wave pause",
+            "wave resume",
+            "wave abort",
+            "wave promote",
+            "wave retry-failed",
+            "wave status",
+            "status",
+            "machines list",
+            "storage list",
+            "events",
+        ] {
+            assert!(
+                names.contains(&expected),
+                "{expected} missing from {names:?}"
+            );
+        }
+        for (path, command) in &all {
+            // The demo prints its own progress and report; it is not an
+            // operator command against a controller.
+            if path == "demo" {
+                continue;
+            }
+            assert!(
+                command
+                    .get_arguments()
+                    .any(|arg| arg.get_long() == Some("json")),
+                "`fleetmig {path}` has no --json"
+            );
+        }
+        // And it parses in each of them.
+        for argv in [
+            &["plan", "apply", "p.toml", "--json"][..],
+            &["wave", "promote", "pilot", "--json"],
+            &["wave", "retry-failed", "pilot", "--start", "--json"],
+            &["wave", "status", "pilot", "--json"],
+            &["storage", "list", "--json"],
+            &["events", "--follow", "--json"],
+            &["machines", "list", "--json"],
+        ] {
+            parse(argv);
+        }
+    }
+
+    #[test]
+    fn new_wave_controls_parse() {
+        let Command::Wave(WaveCommand::RetryFailed(retry)) =
+            parse(&["wave", "retry-failed", "pilot", "--start"]).command
+        else {
+            panic!("expected retry-failed");
+        };
+        assert_eq!(retry.wave.name, "pilot");
+        assert!(retry.start);
+        assert!(!retry.wave.output.json);
+        let Command::Wave(wave) = parse(&["wave", "promote", "pilot", "--json"]).command else {
+            panic!("expected wave");
+        };
+        let (args, action) = wave.parts();
+        assert_eq!(
+            (args.name.as_str(), action, args.output.json),
+            ("pilot", "promote", true)
+        );
+        let Command::Wave(wave) = parse(&["wave", "status", "w1"]).command else {
+            panic!("expected wave");
+        };
+        assert_eq!(wave.parts().1, "status");
+        assert!(Cli::try_parse_from(["fleetmig", "wave", "promote"]).is_err());
+        assert!(matches!(
+            parse(&["storage", "list"]).command,
+            Command::Storage(StorageCommand::List(_))
+        ));
+    }
+
+    #[test]
+    fn events_print_the_log_or_follow() {
+        let events = |args: &[&str]| {
+            let mut argv = vec!["events"];
+            argv.extend_from_slice(args);
+            let Command::Events(events) = parse(&argv).command else {
+                panic!("expected events");
+            };
+            (events.follows(), events.replays())
+        };
+        assert_eq!(events(&[]), (false, true), "the stored log, then exit");
+        assert_eq!(events(&["--follow"]), (true, false), "live only");
+        assert_eq!(events(&["-f"]), (true, false));
+        assert_eq!(events(&["--replay"]), (true, true), "log, then live");
+        assert_eq!(events(&["--follow", "--replay"]), (true, true));
     }
 
     #[test]

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use comfy_table::{CellAlignment, Table, presets};
 use fleetmig_proto::v1::{
-    Event, JobPhase, JobStatus, ListMachinesResponse, MachineStatus, PlanProblem, Scenario,
-    StatusResponse, WaveSummary,
+    Event, JobPhase, JobStatus, ListMachinesResponse, ListStorageNodesResponse, MachineStatus,
+    PlanProblem, RetryFailedResponse, Scenario, StatusResponse, StorageNodeStatus, WaveSummary,
 };
 use serde_json::{Value, json};
 
@@ -253,11 +253,14 @@ pub fn render_plan_summary(heading: &str, plan: &str, waves: &[WaveSummary]) -> 
 
 /// One line about a wave: `wave W (plan P): running, 5 machines, max 2 in flight: done 3, pending 2`.
 pub fn render_wave_line(wave: &WaveSummary) -> String {
+    let mut state = wave.state.clone();
+    if wave.state == "halted" && !wave.halt_reason.is_empty() {
+        state.push_str(&format!(" ({})", wave.halt_reason));
+    }
     format!(
-        "wave {} (plan {}): {}, {} machines, max {} in flight: {}",
+        "wave {} (plan {}): {state}, {} machines, max {} in flight: {}",
         wave.name,
         wave.plan,
-        wave.state,
         wave.machines,
         wave.max_in_flight,
         phase_counts_text(&wave.phase_counts)
@@ -304,36 +307,85 @@ pub fn render_status(status: &StatusResponse, now_unix_ms: i64) -> String {
     if status.jobs.is_empty() {
         return text;
     }
-    let mut table = plain_table(&[
-        "HOSTNAME", "WAVE", "SCENARIO", "PHASE", "ATTEMPT", "USERS", "FILES", "BYTES", "DURATION",
-        "FAILURE",
-    ]);
-    for job in &status.jobs {
+    text.push('\n');
+    text.push_str(&render_jobs(&status.jobs, now_unix_ms));
+    text
+}
+
+/// What to say about a job besides its phase: why it failed, waits or was skipped.
+pub fn job_note(job: &JobStatus) -> String {
+    if let Some(failure) = &job.failure {
+        return failure.reason.clone();
+    }
+    if !job.skip_reason.is_empty() {
+        return format!("skipped: {}", job.skip_reason);
+    }
+    if !job.waiting.is_empty() {
+        return format!("waiting: {}", job.waiting);
+    }
+    String::new()
+}
+
+fn dash_if_empty(text: &str) -> String {
+    if text.is_empty() {
+        "-".to_owned()
+    } else {
+        text.to_owned()
+    }
+}
+
+/// The jobs table; replace jobs add their destination and storage node.
+pub fn render_jobs(jobs: &[JobStatus], now_unix_ms: i64) -> String {
+    let replace = jobs
+        .iter()
+        .any(|job| job.scenario == Scenario::Replace as i32);
+    let mut header = vec!["HOSTNAME", "WAVE", "SCENARIO", "PHASE", "ATTEMPT"];
+    if replace {
+        header.extend(["DESTINATION", "NODE"]);
+    }
+    header.extend(["USERS", "FILES", "BYTES", "DURATION", "NOTE"]);
+    let mut table = plain_table(&header);
+    for job in jobs {
         let captured = job.captured.as_ref();
-        table.add_row(vec![
+        let mut row = vec![
             display_name(job).to_owned(),
             job.wave.clone(),
             scenario_label(job.scenario).to_owned(),
             job_phase_text(job),
             job.attempt.to_string(),
+        ];
+        if replace {
+            row.push(dash_if_empty(&job.destination_hostname));
+            row.push(dash_if_empty(&job.storage_node));
+        }
+        row.extend([
             captured.map_or_else(|| "-".to_owned(), |c| c.users.to_string()),
             captured.map_or_else(|| "-".to_owned(), |c| c.files.to_string()),
             captured.map_or_else(|| "-".to_owned(), |c| format_bytes(c.bytes)),
             job_duration(job, now_unix_ms).map_or_else(|| "-".to_owned(), format_duration),
-            job.failure
-                .as_ref()
-                .map(|failure| failure.reason.clone())
-                .unwrap_or_default(),
+            job_note(job),
         ]);
+        table.add_row(row);
     }
-    align_right(&mut table, &[4, 5, 6, 7, 8]);
-    text.push('\n');
-    text.push_str(&table.to_string());
+    let first_number = if replace { 7 } else { 5 };
+    let mut right = vec![4];
+    right.extend(first_number..first_number + 4);
+    align_right(&mut table, &right);
+    let mut text = table.to_string();
     text.push('\n');
     text
 }
 
-fn wave_json(wave: &WaveSummary) -> Value {
+fn non_empty(text: &str) -> Option<&str> {
+    (!text.is_empty()).then_some(text)
+}
+
+fn positive(unix_ms: i64) -> Option<i64> {
+    (unix_ms > 0).then_some(unix_ms)
+}
+
+/// A wave as JSON (`null` for what is not set or not known).
+pub fn wave_json(wave: &WaveSummary) -> Value {
     let counts: BTreeMap<&str, u32> = wave
         .phase_counts
         .iter()
@@ -346,6 +398,21 @@ fn wave_json(wave: &WaveSummary) -> Value {
         "machines": wave.machines,
         "max_in_flight": wave.max_in_flight,
         "phase_counts": counts,
+        "batch": {
+            "index": wave.batch_index,
+            "count": (wave.batch_count > 0).then_some(wave.batch_count),
+            "promoted": wave.batch_promoted,
+            "opened_unix_ms": positive(wave.batch_opened_unix_ms),
+        },
+        "error_budget": wave.budget_tolerated.map(|tolerated| json!({
+            "tolerated": tolerated,
+            "used": wave.budget_used,
+        })),
+        "halt_reason": non_empty(&wave.halt_reason),
+        "paused_ms": wave.paused_ms,
+        "retry_of": non_empty(&wave.retry_of),
+        "started_unix_ms": positive(wave.started_unix_ms),
+        "finished_unix_ms": positive(wave.finished_unix_ms),
     })
 }
 
@@ -389,6 +456,13 @@ pub fn job_json(job: &JobStatus) -> Value {
         "created_unix_ms": job.created_unix_ms,
         "started_unix_ms": job.started_unix_ms,
         "finished_unix_ms": job.finished_unix_ms,
+        "destination_hostname": non_empty(&job.destination_hostname),
+        "storage_node": non_empty(&job.storage_node),
+        "waiting": non_empty(&job.waiting),
+        "skip_reason": non_empty(&job.skip_reason),
+        "batch": job.batch,
+        "phase_since_unix_ms": positive(job.phase_since_unix_ms),
+        "not_before_unix_ms": positive(job.not_before_unix_ms),
     })
 }
 
@@ -493,6 +567,367 @@ pub fn machines_json(machines: &ListMachinesResponse) -> Value {
         })
         .collect();
     json!({ "machines": list })
+}
+
+/// Jobs grouped by a reason, largest group first, hostnames sorted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReasonGroup {
+    /// The reason.
+    pub reason: String,
+    /// Hostnames (or machine ids) of the jobs.
+    pub hostnames: Vec<String>,
+}
+
+/// Groups `jobs` by the reason `reason_of` gives (jobs without one are left out).
+pub fn group_by_reason(
+    jobs: &[JobStatus],
+    reason_of: impl Fn(&JobStatus) -> Option<String>,
+) -> Vec<ReasonGroup> {
+    let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for job in jobs {
+        if let Some(reason) = reason_of(job).filter(|r| !r.is_empty()) {
+            groups
+                .entry(reason)
+                .or_default()
+                .push(display_name(job).to_owned());
+        }
+    }
+    let mut groups: Vec<ReasonGroup> = groups
+        .into_iter()
+        .map(|(reason, mut hostnames)| {
+            hostnames.sort_by_key(|h| h.to_ascii_lowercase());
+            ReasonGroup { reason, hostnames }
+        })
+        .collect();
+    groups.sort_by_key(|g| std::cmp::Reverse(g.hostnames.len()));
+    groups
+}
+
+/// Why pending jobs wait, grouped.
+pub fn waiting_groups(jobs: &[JobStatus]) -> Vec<ReasonGroup> {
+    group_by_reason(jobs, |job| {
+        (phase_of(job.phase) == JobPhase::Pending).then(|| job.waiting.clone())
+    })
+}
+
+/// Why jobs failed (`reason (in PHASE)`), grouped.
+pub fn failure_groups(jobs: &[JobStatus]) -> Vec<ReasonGroup> {
+    group_by_reason(jobs, |job| {
+        let failure = job.failure.as_ref()?;
+        (phase_of(job.phase) == JobPhase::Failed)
+            .then(|| format!("{} (in {})", failure.reason, phase_label(failure.phase)))
+    })
+}
+
+/// Why jobs were skipped, grouped.
+pub fn skip_groups(jobs: &[JobStatus]) -> Vec<ReasonGroup> {
+    group_by_reason(jobs, |job| {
+        (phase_of(job.phase) == JobPhase::Skipped).then(|| job.skip_reason.clone())
+    })
+}
+
+fn groups_json(groups: &[ReasonGroup]) -> Value {
+    Value::Array(
+        groups
+            .iter()
+            .map(|group| {
+                json!({
+                    "reason": group.reason,
+                    "count": group.hostnames.len(),
+                    "hostnames": group.hostnames,
+                })
+            })
+            .collect(),
+    )
+}
+
+fn render_groups(text: &mut String, title: &str, groups: &[ReasonGroup]) {
+    if groups.is_empty() {
+        return;
+    }
+    let total: usize = groups.iter().map(|g| g.hostnames.len()).sum();
+    text.push_str(&format!("\n{title} ({total}):\n"));
+    for group in groups {
+        const SHOWN: usize = 8;
+        let mut names = group.hostnames[..group.hostnames.len().min(SHOWN)].join(", ");
+        if group.hostnames.len() > SHOWN {
+            names.push_str(&format!(", +{} more", group.hostnames.len() - SHOWN));
+        }
+        text.push_str(&format!(
+            "  {:>4}  {}: {names}\n",
+            group.hostnames.len(),
+            group.reason
+        ));
+    }
+}
+
+/// The lines about a wave's batch, budget, pause, halt and origin.
+fn wave_details(wave: &WaveSummary) -> Vec<String> {
+    let mut lines = Vec::new();
+    if wave.batch_count > 0 || wave.batch_index > 0 || wave.batch_promoted {
+        let mut batch = format!("batch {}", wave.batch_index + 1);
+        if wave.batch_count > 0 {
+            batch.push_str(&format!(" of {}", wave.batch_count));
+        }
+        if wave.batch_opened_unix_ms > 0 {
+            batch.push_str(&format!(
+                ", opened {}",
+                format_unix_ms(wave.batch_opened_unix_ms)
+            ));
+        }
+        if wave.batch_promoted {
+            batch.push_str(" (promoted: the next batch may open)");
+        }
+        lines.push(batch);
+    }
+    match wave.budget_tolerated {
+        Some(tolerated) => lines.push(format!(
+            "error budget: {} of {tolerated} tolerated failures used",
+            wave.budget_used
+        )),
+        None => lines.push("error budget: none".to_owned()),
+    }
+    if wave.paused_ms > 0 {
+        let current = if wave.state == "paused" {
+            " (paused now)"
+        } else {
+            ""
+        };
+        lines.push(format!(
+            "paused: {} in all{current}",
+            format_duration(Duration::from_millis(wave.paused_ms))
+        ));
+    }
+    if !wave.halt_reason.is_empty() {
+        let label = if wave.state == "halted" {
+            "halted"
+        } else {
+            "last halt"
+        };
+        lines.push(format!("{label}: {}", wave.halt_reason));
+    }
+    if !wave.retry_of.is_empty() {
+        lines.push(format!("retries the failed machines of {}", wave.retry_of));
+    }
+    lines
+}
+
+/// `fleetmig wave status NAME`: one wave in focus.
+pub fn render_wave_status(wave: &WaveSummary, jobs: &[JobStatus]) -> String {
+    let mut text = render_wave_line(wave);
+    text.push('\n');
+    for line in wave_details(wave) {
+        text.push_str(&format!("  {line}\n"));
+    }
+    render_groups(&mut text, "waiting", &waiting_groups(jobs));
+    render_groups(&mut text, "failed", &failure_groups(jobs));
+    render_groups(&mut text, "skipped", &skip_groups(jobs));
+    text
+}
+
+/// `fleetmig wave status NAME --json`.
+pub fn wave_status_json(wave: &WaveSummary, jobs: &[JobStatus]) -> Value {
+    json!({
+        "wave": wave_json(wave),
+        "waiting": groups_json(&waiting_groups(jobs)),
+        "failures": groups_json(&failure_groups(jobs)),
+        "skipped": groups_json(&skip_groups(jobs)),
+        "jobs": jobs.iter().map(job_json).collect::<Vec<_>>(),
+    })
+}
+
+/// The result of a wave control (`start`, `pause`, ...) as JSON.
+pub fn wave_action_json(action: &str, wave: &str, summary: Option<&WaveSummary>) -> Value {
+    json!({
+        "action": action,
+        "wave": wave,
+        "accepted": true,
+        "summary": summary.map(wave_json),
+    })
+}
+
+/// `wave retry-failed`: the new wave and who is in it.
+pub fn render_retry(source: &str, retry: &RetryFailedResponse) -> String {
+    let mut text = String::new();
+    if let Some(wave) = &retry.wave {
+        text.push_str(&format!(
+            "created wave {} retrying {} failed machines of {source}: {}\n",
+            wave.name,
+            retry.hostnames.len(),
+            retry.hostnames.join(", ")
+        ));
+        text.push_str(&render_wave_line(wave));
+        text.push('\n');
+        if wave.state == "created" {
+            text.push_str(&format!(
+                "start it with: fleetmig wave start {}\n",
+                wave.name
+            ));
+        }
+    }
+    if !retry.excluded.is_empty() {
+        text.push_str(&format!("left out ({}):\n", retry.excluded.len()));
+        for excluded in &retry.excluded {
+            let name = if excluded.hostname.is_empty() {
+                &excluded.machine_id
+            } else {
+                &excluded.hostname
+            };
+            text.push_str(&format!("  {name}: {}\n", excluded.reason));
+        }
+    }
+    text
+}
+
+/// `wave retry-failed --json`.
+pub fn retry_json(source: &str, retry: &RetryFailedResponse) -> Value {
+    json!({
+        "retry_of": source,
+        "wave": retry.wave.as_ref().map(wave_json),
+        "hostnames": retry.hostnames,
+        "excluded": retry.excluded.iter().map(|e| json!({
+            "machine_id": e.machine_id,
+            "hostname": e.hostname,
+            "reason": e.reason,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `plan validate|apply --json`.
+pub fn plan_json(
+    file: &str,
+    valid: bool,
+    applied: bool,
+    plan: &str,
+    problems: &[PlanProblem],
+    waves: &[WaveSummary],
+) -> Value {
+    json!({
+        "file": file,
+        "valid": valid,
+        "applied": applied,
+        "plan": non_empty(plan),
+        "problems": problems.iter().map(|p| json!({
+            "line": (p.line > 0).then_some(p.line),
+            "column": (p.line > 0).then_some(p.column),
+            "message": p.message,
+        })).collect::<Vec<_>>(),
+        "waves": waves.iter().map(wave_json).collect::<Vec<_>>(),
+    })
+}
+
+fn report_age_text(node: &StorageNodeStatus) -> String {
+    if !node.reported {
+        return "never".to_owned();
+    }
+    format!(
+        "{} ago",
+        format_duration(Duration::from_millis(node.report_age_ms))
+    )
+}
+
+/// Human form of `ListStorageNodes`.
+pub fn render_storage_nodes(nodes: &ListStorageNodesResponse) -> String {
+    if nodes.nodes.is_empty() {
+        return "no storage nodes\n".to_owned();
+    }
+    let mut table = plain_table(&[
+        "NODE",
+        "SITE",
+        "ENDPOINT",
+        "TOTAL",
+        "FREE",
+        "RESERVED",
+        "AVAILABLE",
+        "SESSIONS",
+        "MIGRATIONS",
+        "JOBS",
+        "CAPTURES",
+        "LAST REPORT",
+    ]);
+    for node in &nodes.nodes {
+        let bytes = |value: u64| {
+            if node.reported {
+                format_bytes(value)
+            } else {
+                "-".to_owned()
+            }
+        };
+        let count = |value: u32| {
+            if node.reported {
+                value.to_string()
+            } else {
+                "-".to_owned()
+            }
+        };
+        table.add_row(vec![
+            node.node_id.clone(),
+            dash_if_empty(&node.site),
+            node.endpoint.clone(),
+            bytes(node.total_bytes),
+            bytes(node.free_bytes),
+            bytes(node.reserved_bytes),
+            bytes(node.available_bytes),
+            count(node.active_sessions),
+            count(node.migrations),
+            node.placed_jobs.to_string(),
+            match (node.reported, node.accepting_captures) {
+                (false, _) => "-".to_owned(),
+                (true, true) => "accepting".to_owned(),
+                (true, false) => "refusing".to_owned(),
+            },
+            report_age_text(node),
+        ]);
+    }
+    align_right(&mut table, &[3, 4, 5, 6, 7, 8, 9]);
+    let mut text = table.to_string();
+    text.push('\n');
+    text
+}
+
+/// `ListStorageNodes` as a JSON document (`null` capacity before a report).
+pub fn storage_nodes_json(nodes: &ListStorageNodesResponse) -> Value {
+    let list: Vec<Value> = nodes
+        .nodes
+        .iter()
+        .map(|node| {
+            json!({
+                "node_id": node.node_id,
+                "endpoint": node.endpoint,
+                "site": node.site,
+                "registered_unix_ms": node.registered_unix_ms,
+                "placed_jobs": node.placed_jobs,
+                "capacity": node.reported.then(|| json!({
+                    "total_bytes": node.total_bytes,
+                    "free_bytes": node.free_bytes,
+                    "reserved_bytes": node.reserved_bytes,
+                    "available_bytes": node.available_bytes,
+                    "stored_bytes": node.stored_bytes,
+                    "active_sessions": node.active_sessions,
+                    "accepting_captures": node.accepting_captures,
+                    "migrations": node.migrations,
+                    "reported_unix_ms": node.reported_unix_ms,
+                    "report_age_ms": node.report_age_ms,
+                })),
+            })
+        })
+        .collect();
+    json!({ "storage_nodes": list })
+}
+
+/// An audit event as JSON (one line of `events --follow --json`).
+pub fn event_json(event: &Event) -> Value {
+    json!({
+        "seq": event.seq,
+        "unix_ms": event.unix_ms,
+        "time": format_unix_ms(event.unix_ms),
+        "actor": event.actor,
+        "kind": event.kind,
+        "wave": non_empty(&event.wave),
+        "job_id": non_empty(&event.job_id),
+        "machine_id": non_empty(&event.machine_id),
+        "detail": event.detail,
+    })
 }
 
 /// One line per event: time, sequence, kind, then whatever is set.
@@ -678,6 +1113,7 @@ mod tests {
                 machines: 2,
                 max_in_flight: 5,
                 phase_counts: [("done".to_owned(), 1), ("failed".to_owned(), 1)].into(),
+                ..WaveSummary::default()
             }],
             jobs: vec![sample_job(JobPhase::Done), sample_job(JobPhase::Failed)],
             machines: 2,
@@ -750,5 +1186,234 @@ mod tests {
             render_event(&event),
             "2023-11-14T22:13:20.123Z #42 job.phase wave=pilot job=j1 by=controller: capturing -> captured"
         );
+    }
+
+    fn replace_job(hostname: &str, phase: JobPhase) -> JobStatus {
+        JobStatus {
+            hostname: hostname.into(),
+            wave: "swap".into(),
+            scenario: Scenario::Replace as i32,
+            phase: phase as i32,
+            destination_hostname: format!("W7-{hostname}"),
+            storage_node: "node-a".into(),
+            ..JobStatus::default()
+        }
+    }
+
+    #[test]
+    fn replace_jobs_show_destination_node_and_why_they_wait() {
+        let mut waiting = replace_job("XP-2", JobPhase::Pending);
+        waiting.storage_node.clear();
+        waiting.waiting = "no storage node at site hq has room".into();
+        let mut skipped = replace_job("XP-3", JobPhase::Skipped);
+        skipped.skip_reason = "wave aborted by operator:alice".into();
+        let jobs = vec![replace_job("XP-1", JobPhase::Captured), waiting, skipped];
+        let text = render_jobs(&jobs, 0);
+        let header = text.lines().next().unwrap();
+        assert!(
+            header.contains("DESTINATION") && header.contains("NODE"),
+            "{text}"
+        );
+        assert!(
+            text.contains("W7-XP-1") && text.contains("node-a"),
+            "{text}"
+        );
+        assert!(
+            text.contains("waiting: no storage node at site hq has room"),
+            "{text}"
+        );
+        assert!(
+            text.contains("skipped: wave aborted by operator:alice"),
+            "{text}"
+        );
+        // Refresh-only listings keep the narrow table.
+        let text = render_jobs(&[sample_job(JobPhase::Done)], 10_000);
+        assert!(!text.contains("DESTINATION"), "{text}");
+
+        let document = job_json(&jobs[1]);
+        assert_eq!(document["destination_hostname"], "W7-XP-2");
+        assert_eq!(document["storage_node"], Value::Null);
+        assert_eq!(document["waiting"], "no storage node at site hq has room");
+        assert_eq!(
+            job_json(&jobs[2])["skip_reason"],
+            "wave aborted by operator:alice"
+        );
+    }
+
+    fn focused_wave() -> WaveSummary {
+        WaveSummary {
+            name: "pilot".into(),
+            plan: "p".into(),
+            state: "halted".into(),
+            machines: 10,
+            max_in_flight: 2,
+            batch_index: 1,
+            batch_count: 4,
+            batch_promoted: true,
+            halt_reason: "3 failures exceed the error budget of 2".into(),
+            budget_tolerated: Some(2),
+            budget_used: 3,
+            paused_ms: 65_000,
+            retry_of: "pilot0".into(),
+            ..WaveSummary::default()
+        }
+    }
+
+    #[test]
+    fn wave_status_groups_waiting_failures_and_skips() {
+        let failed = |hostname: &str, reason: &str| JobStatus {
+            hostname: hostname.into(),
+            wave: "pilot".into(),
+            phase: JobPhase::Failed as i32,
+            failure: Some(Failure {
+                phase: JobPhase::Capturing as i32,
+                reason: reason.into(),
+                retryable: true,
+            }),
+            ..JobStatus::default()
+        };
+        let pending = |hostname: &str, waiting: &str| JobStatus {
+            hostname: hostname.into(),
+            wave: "pilot".into(),
+            phase: JobPhase::Pending as i32,
+            waiting: waiting.into(),
+            ..JobStatus::default()
+        };
+        let jobs = vec![
+            failed("PC-3", "disk full"),
+            failed("PC-1", "disk full"),
+            failed("PC-2", "access denied"),
+            pending("PC-5", "wave halted: budget"),
+            pending("PC-4", "wave halted: budget"),
+        ];
+        let groups = failure_groups(&jobs);
+        assert_eq!(groups[0].reason, "disk full (in capturing)");
+        assert_eq!(groups[0].hostnames, ["PC-1", "PC-3"]);
+        assert_eq!(groups[1].hostnames, ["PC-2"]);
+        let wave = focused_wave();
+        let text = render_wave_status(&wave, &jobs);
+        assert!(
+            text.contains("halted (3 failures exceed the error budget of 2)"),
+            "{text}"
+        );
+        assert!(text.contains("batch 2 of 4"), "{text}");
+        assert!(text.contains("promoted"), "{text}");
+        assert!(
+            text.contains("error budget: 3 of 2 tolerated failures used"),
+            "{text}"
+        );
+        assert!(text.contains("paused: 1m 05s in all"), "{text}");
+        assert!(
+            text.contains("retries the failed machines of pilot0"),
+            "{text}"
+        );
+        assert!(text.contains("waiting (2):"), "{text}");
+        assert!(text.contains("wave halted: budget: PC-4, PC-5"), "{text}");
+        assert!(text.contains("failed (3):"), "{text}");
+
+        let document = wave_status_json(&wave, &jobs);
+        assert_eq!(document["wave"]["batch"]["index"], 1);
+        assert_eq!(document["wave"]["batch"]["count"], 4);
+        assert_eq!(document["wave"]["error_budget"]["tolerated"], 2);
+        assert_eq!(document["wave"]["error_budget"]["used"], 3);
+        assert_eq!(document["wave"]["paused_ms"], 65_000);
+        assert_eq!(document["failures"][0]["count"], 2);
+        assert_eq!(document["waiting"][0]["hostnames"][1], "PC-5");
+        assert_eq!(document["jobs"].as_array().map(Vec::len), Some(5));
+        // No budget is null, not zero.
+        let unbudgeted = WaveSummary::default();
+        assert_eq!(wave_json(&unbudgeted)["error_budget"], Value::Null);
+        assert_eq!(wave_json(&unbudgeted)["batch"]["count"], Value::Null);
+    }
+
+    #[test]
+    fn storage_nodes_render_as_table_and_json() {
+        let nodes = ListStorageNodesResponse {
+            nodes: vec![
+                StorageNodeStatus {
+                    node_id: "node-a".into(),
+                    endpoint: "http://10.0.0.5:7600".into(),
+                    site: "hq".into(),
+                    reported: true,
+                    total_bytes: 4 * 1024 * 1024 * 1024,
+                    available_bytes: 1024 * 1024 * 1024,
+                    active_sessions: 3,
+                    accepting_captures: true,
+                    report_age_ms: 2_000,
+                    placed_jobs: 2,
+                    ..StorageNodeStatus::default()
+                },
+                StorageNodeStatus {
+                    node_id: "node-b".into(),
+                    endpoint: "http://10.0.0.6:7600".into(),
+                    ..StorageNodeStatus::default()
+                },
+            ],
+        };
+        let text = render_storage_nodes(&nodes);
+        assert!(
+            text.contains("4.0 GiB") && text.contains("1.0 GiB"),
+            "{text}"
+        );
+        assert!(
+            text.contains("accepting") && text.contains("2.0s ago"),
+            "{text}"
+        );
+        assert!(text.contains("never"), "{text}");
+        let document = storage_nodes_json(&nodes);
+        assert_eq!(
+            document["storage_nodes"][0]["capacity"]["active_sessions"],
+            3
+        );
+        assert_eq!(document["storage_nodes"][1]["capacity"], Value::Null);
+        assert_eq!(
+            render_storage_nodes(&ListStorageNodesResponse::default()),
+            "no storage nodes\n"
+        );
+    }
+
+    #[test]
+    fn retries_and_events_as_json() {
+        let retry = RetryFailedResponse {
+            wave: Some(WaveSummary {
+                name: "pilot-retry-1".into(),
+                state: "created".into(),
+                retry_of: "pilot".into(),
+                ..WaveSummary::default()
+            }),
+            hostnames: vec!["PC-1".into()],
+            excluded: vec![fleetmig_proto::v1::RetryExclusion {
+                machine_id: "m2".into(),
+                hostname: "PC-2".into(),
+                reason: "failed in restoring after its reimage began".into(),
+            }],
+        };
+        let text = render_retry("pilot", &retry);
+        assert!(
+            text.contains("created wave pilot-retry-1 retrying 1 failed machines of pilot: PC-1"),
+            "{text}"
+        );
+        assert!(text.contains("fleetmig wave start pilot-retry-1"), "{text}");
+        assert!(text.contains("PC-2: failed in restoring"), "{text}");
+        let document = retry_json("pilot", &retry);
+        assert_eq!(document["wave"]["retry_of"], "pilot");
+        assert_eq!(document["excluded"][0]["hostname"], "PC-2");
+
+        let event = Event {
+            seq: 7,
+            unix_ms: 1_700_000_000_123,
+            actor: "operator:alice".into(),
+            kind: "wave.paused".into(),
+            wave: "pilot".into(),
+            ..Event::default()
+        };
+        let line = serde_json::to_string(&event_json(&event)).unwrap();
+        assert!(!line.contains('\n'), "one JSON document per line");
+        let value: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["actor"], "operator:alice");
+        assert_eq!(value["time"], "2023-11-14T22:13:20.123Z");
+        assert_eq!(value["job_id"], Value::Null);
+        let action = wave_action_json("pause", "pilot", retry.wave.as_ref());
+        assert_eq!(action["summary"]["name"], "pilot-retry-1");
     }
 }

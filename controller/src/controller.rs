@@ -426,8 +426,19 @@ impl Controller {
         let machine = machine_id.to_string();
         let job = self
             .update_job(job_id, |job| {
-                match lifecycle::apply_report(job, fence, &report)? {
+                let gate = self.wave_gate(&job.wave);
+                match lifecycle::apply_report_in(job, fence, &report, gate)? {
                     Applied::Unchanged => Ok(None),
+                    Applied::Stopped(next) => {
+                        let detail = format!(
+                            "{} -> skipped instead of {}: {}",
+                            job.phase.name(),
+                            report.phase().name(),
+                            next.skip_reason.as_deref().unwrap_or("wave aborted")
+                        );
+                        let event = job_event(&next, &machine, "job.phase", detail);
+                        Ok(Some((*next, vec![event])))
+                    }
                     Applied::Changed(next) => {
                         let detail = match &report {
                             Report::Failed(failure) => format!(
@@ -465,6 +476,15 @@ impl Controller {
                 }
             })
             .await?;
+        // A worker never reports `Skipped`: the job stopped at a safe point
+        // of an aborted wave, durably; refuse the step it asked for.
+        if job.phase == Phase::Skipped {
+            return Err(Error::JobStopped {
+                job_id: job.id.clone(),
+                wave: job.wave.clone(),
+                reason: job.skip_reason.clone().unwrap_or_default(),
+            });
+        }
         Ok(job.phase)
     }
 

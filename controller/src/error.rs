@@ -22,6 +22,14 @@ pub enum Error {
     /// The store is shutting down or its writer is gone; retry elsewhere.
     #[error("store unavailable: {0}")]
     StoreUnavailable(String),
+    /// This controller's leadership ended; its writes are fenced off. Retry on the new leader.
+    #[error("not the leader: leader key {key} no longer has create revision {epoch}")]
+    NotLeader {
+        /// The election key this controller held.
+        key: String,
+        /// Its create revision (the fencing epoch of the lost term).
+        epoch: u64,
+    },
     /// A compare-and-swap lost against a concurrent writer.
     #[error("conflicting update of {key}; retry")]
     Conflict {
@@ -89,12 +97,39 @@ pub enum Error {
         /// One line per busy machine, naming its job.
         machines: Vec<String>,
     },
+    /// The job's wave was aborted: the job stopped at a safe point (its
+    /// state kept) instead of taking the reported step.
+    #[error("job {job_id} stopped, its wave {wave} was aborted: {reason}")]
+    JobStopped {
+        /// The job reported on.
+        job_id: String,
+        /// Its wave.
+        wave: String,
+        /// Why it stopped and where its state is.
+        reason: String,
+    },
+    /// `retry-failed` on a wave with no failed machine left to retry.
+    #[error("wave {wave} has no failed machines to retry{}", detail_suffix(detail))]
+    NothingToRetry {
+        /// The wave.
+        wave: String,
+        /// Why failed machines were left out, if some were.
+        detail: String,
+    },
     /// A request field was missing or malformed.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     /// The machine belongs to another caller.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+}
+
+fn detail_suffix(detail: &str) -> String {
+    if detail.is_empty() {
+        String::new()
+    } else {
+        format!(" ({detail})")
+    }
 }
 
 /// Result alias for the controller.
@@ -105,7 +140,7 @@ impl From<Error> for tonic::Status {
         let message = error.to_string();
         match error {
             Error::StoreIo { .. } | Error::StoreCorrupt { .. } => tonic::Status::internal(message),
-            Error::StoreUnavailable(_) | Error::Conflict { .. } => {
+            Error::StoreUnavailable(_) | Error::Conflict { .. } | Error::NotLeader { .. } => {
                 tonic::Status::unavailable(message)
             }
             Error::InvalidPlan { .. } | Error::InvalidArgument(_) => {
@@ -119,7 +154,9 @@ impl From<Error> for tonic::Status {
             Error::StaleFence { .. }
             | Error::InvalidTransition { .. }
             | Error::WaveState { .. }
-            | Error::MachinesBusy { .. } => tonic::Status::failed_precondition(message),
+            | Error::MachinesBusy { .. }
+            | Error::JobStopped { .. }
+            | Error::NothingToRetry { .. } => tonic::Status::failed_precondition(message),
             Error::PermissionDenied(_) => tonic::Status::permission_denied(message),
         }
     }

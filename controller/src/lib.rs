@@ -13,6 +13,7 @@ pub mod grpc;
 #[cfg(test)]
 mod handover_tests;
 pub mod keys;
+pub mod leader;
 pub mod lifecycle;
 pub mod liveness;
 pub mod load;

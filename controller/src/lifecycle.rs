@@ -7,7 +7,12 @@
 //! - no reimage without a verified capture (`Captured` with a summary);
 //! - no `Done` (which lets the worker delete its store) without a verified
 //!   restore (zero mismatched files);
-//! - only the current owner (matching fence) moves a job.
+//! - only the current owner (matching fence) moves a job;
+//! - an aborted wave starts nothing new: a job not started is skipped, a
+//!   running capture may finish but the job then stops with its state kept
+//!   (never into `Reimaging`), and a job past its capture (reimaging,
+//!   restoring, verifying) runs to its end, never cut mid-reimage
+//!   ([`abort_step`], and [`WaveGate::Aborted`] in [`apply_report_in`]).
 
 use crate::error::{Error, Result};
 use crate::model::{CaptureSummary, Failure, Job, Phase, RestoreSummary, Scenario, now_ms};
@@ -44,6 +49,75 @@ pub enum Applied {
     Unchanged,
     /// The job moved; persist this new value.
     Changed(Box<Job>),
+    /// The job's wave was aborted and the job reached a safe point: persist
+    /// this value (the job `Skipped`, with its reason and any capture kept),
+    /// then refuse the report so the worker goes no further.
+    Stopped(Box<Job>),
+}
+
+/// What the job's wave allows, as the report path sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaveGate {
+    /// Created, running, paused, halted or completed: a started job goes on.
+    Open,
+    /// Aborted: the job goes no further than its next safe point.
+    Aborted,
+}
+
+/// What aborting its wave does to a job right away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AbortStep {
+    /// The job is at a safe point (not started, or its capture sealed and
+    /// nothing destructive begun): persist this value, the job `Skipped`.
+    Skip(Box<Job>),
+    /// A capture is running: it may finish; the job stops when it reports
+    /// the sealed capture (see [`apply_report_in`]).
+    FinishCapture,
+    /// Past the point of no return (reimaging, restoring, verifying): the
+    /// job runs to its end.
+    RunToEnd,
+    /// The job is already over.
+    Over,
+}
+
+/// The job, skipped for `reason` (terminal; a capture it holds is kept).
+fn skipped(job: &Job, reason: String) -> Job {
+    let mut next = job.clone();
+    next.phase = Phase::Skipped;
+    next.skip_reason = Some(reason);
+    next.finished_ms = Some(now_ms());
+    next.phase_since_ms = now_ms();
+    next
+}
+
+/// Why a job with a sealed capture stops there, naming where the state is.
+fn kept_after_capture(job: &Job) -> String {
+    let location = job
+        .captured
+        .as_ref()
+        .map(|c| c.store_location.as_str())
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .or_else(|| {
+            job.placement
+                .as_ref()
+                .map(|p| format!("storage node {}", p.node_id))
+        })
+        .unwrap_or_else(|| "the source machine".to_string());
+    format!("aborted after capture; state kept at {location}")
+}
+
+/// What an abort of its wave by `actor` does to `job` now.
+pub fn abort_step(job: &Job, actor: &str) -> AbortStep {
+    match job.phase {
+        Phase::Pending | Phase::Assigned => {
+            AbortStep::Skip(Box::new(skipped(job, format!("wave aborted by {actor}"))))
+        }
+        Phase::Capturing => AbortStep::FinishCapture,
+        Phase::Captured => AbortStep::Skip(Box::new(skipped(job, kept_after_capture(job)))),
+        Phase::Reimaging | Phase::Restoring | Phase::Verifying => AbortStep::RunToEnd,
+        Phase::Done | Phase::Failed | Phase::Skipped => AbortStep::Over,
+    }
 }
 
 /// Whether the state machine has an edge `from -> to` for `scenario`.
@@ -73,8 +147,45 @@ pub fn is_edge(scenario: Scenario, from: Phase, to: Phase) -> bool {
     }
 }
 
-/// Applies a worker's report to `job`, checking the fence and the invariants.
+/// Applies a worker's report to a job whose wave is not aborted.
+///
+/// The report path uses [`apply_report_in`] with the wave's gate; this is
+/// the same with [`WaveGate::Open`].
 pub fn apply_report(job: &Job, fence: u64, report: &Report) -> Result<Applied> {
+    apply_report_in(job, fence, report, WaveGate::Open)
+}
+
+/// Applies a worker's report to `job`, checking the fence and the
+/// invariants, in a wave that `gate` describes.
+///
+/// In an aborted wave a report that would move the job on from a safe point
+/// stops it instead ([`Applied::Stopped`]): a job not started yet, a sealed
+/// capture (`Captured`, reported now or earlier) which then never goes on
+/// to `Reimaging` (or, for replace, to the destination's restore).
+/// Failures are recorded as usual, and jobs past their capture run on.
+pub fn apply_report_in(job: &Job, fence: u64, report: &Report, gate: WaveGate) -> Result<Applied> {
+    let next = match advance(job, fence, report)? {
+        Applied::Changed(next) => next,
+        other => return Ok(other),
+    };
+    if gate == WaveGate::Aborted && next.phase != Phase::Failed {
+        let reason = match job.phase {
+            Phase::Pending | Phase::Assigned => Some("wave aborted before the job started".into()),
+            // The capture just sealed, or sealed earlier and the job was not
+            // swept yet: either way nothing destructive has begun.
+            Phase::Capturing if next.phase == Phase::Captured => Some(kept_after_capture(&next)),
+            Phase::Captured => Some(kept_after_capture(&next)),
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            return Ok(Applied::Stopped(Box::new(skipped(&next, reason))));
+        }
+    }
+    Ok(Applied::Changed(next))
+}
+
+/// The state machine proper: fence, edges and their invariants.
+fn advance(job: &Job, fence: u64, report: &Report) -> Result<Applied> {
     if fence != job.fence {
         return Err(Error::StaleFence {
             job_id: job.id.clone(),
@@ -95,6 +206,7 @@ pub fn apply_report(job: &Job, fence: u64, report: &Report) -> Result<Applied> {
     }
     let mut next = job.clone();
     next.phase = to;
+    next.phase_since_ms = now_ms();
     match report {
         Report::Entered(Phase::Capturing) => {
             next.started_ms.get_or_insert_with(now_ms);
@@ -194,7 +306,7 @@ mod tests {
         for report in &reports {
             match apply_report(&current, 7, report).unwrap() {
                 Applied::Changed(next) => current = *next,
-                Applied::Unchanged => panic!("{report:?} did not move the job"),
+                other => panic!("{report:?} did not move the job: {other:?}"),
             }
         }
         assert_eq!(current.phase, Phase::Done);
@@ -289,6 +401,160 @@ mod tests {
         assert!(matches!(
             apply_report(&captured_job, 9, &Report::Entered(Phase::Reimaging)),
             Err(Error::InvalidTransition { .. })
+        ));
+    }
+
+    fn report_step(job: &Job, report: &Report, gate: WaveGate) -> Applied {
+        apply_report_in(job, job.fence, report, gate).unwrap()
+    }
+
+    #[test]
+    fn abort_skips_unstarted_jobs_and_sealed_captures_only() {
+        for phase in [Phase::Pending, Phase::Assigned] {
+            let AbortStep::Skip(next) = abort_step(&job(phase), "operator:alice") else {
+                panic!("{phase:?} is not started and must be skipped");
+            };
+            assert_eq!(next.phase, Phase::Skipped);
+            assert_eq!(
+                next.skip_reason.as_deref(),
+                Some("wave aborted by operator:alice")
+            );
+            assert!(next.finished_ms.is_some());
+        }
+        assert_eq!(
+            abort_step(&job(Phase::Capturing), "operator:alice"),
+            AbortStep::FinishCapture
+        );
+        let mut sealed = job(Phase::Captured);
+        sealed.captured = Some(CaptureSummary {
+            store_location: "C:/StateStore/w.m".into(),
+            ..captured()
+        });
+        let AbortStep::Skip(next) = abort_step(&sealed, "operator:alice") else {
+            panic!("a sealed capture is a safe point");
+        };
+        assert_eq!(
+            next.skip_reason.as_deref(),
+            Some("aborted after capture; state kept at C:/StateStore/w.m")
+        );
+        assert_eq!(next.captured, sealed.captured, "the capture is kept");
+        for phase in [Phase::Reimaging, Phase::Restoring, Phase::Verifying] {
+            assert_eq!(abort_step(&job(phase), "x"), AbortStep::RunToEnd);
+        }
+        for phase in [Phase::Done, Phase::Failed, Phase::Skipped] {
+            assert_eq!(abort_step(&job(phase), "x"), AbortStep::Over);
+        }
+    }
+
+    #[test]
+    fn an_aborted_wave_stops_a_capture_at_its_seal_never_at_reimaging() {
+        let capturing = job(Phase::Capturing);
+        let sealed = Report::Captured(CaptureSummary {
+            store_location: "C:/StateStore/w.m".into(),
+            ..captured()
+        });
+        let Applied::Stopped(stopped) = report_step(&capturing, &sealed, WaveGate::Aborted) else {
+            panic!("the sealed capture must stop the job");
+        };
+        assert_eq!(stopped.phase, Phase::Skipped);
+        assert_eq!(stopped.captured.as_ref().unwrap().manifest_digest, "abc");
+        assert_eq!(
+            stopped.skip_reason.as_deref(),
+            Some("aborted after capture; state kept at C:/StateStore/w.m")
+        );
+        // A stopped job refuses the worker's next step.
+        assert!(matches!(
+            apply_report_in(
+                &stopped,
+                7,
+                &Report::Entered(Phase::Reimaging),
+                WaveGate::Aborted
+            ),
+            Err(Error::InvalidTransition { .. })
+        ));
+        // A capture sealed before the abort is stopped when it asks to reimage.
+        let mut sealed_job = job(Phase::Captured);
+        sealed_job.captured = Some(captured());
+        let Applied::Stopped(stopped) = report_step(
+            &sealed_job,
+            &Report::Entered(Phase::Reimaging),
+            WaveGate::Aborted,
+        ) else {
+            panic!("no reimage in an aborted wave");
+        };
+        assert_eq!(stopped.phase, Phase::Skipped);
+        // An unverified capture is still refused outright.
+        assert!(
+            apply_report_in(
+                &capturing,
+                7,
+                &Report::Captured(CaptureSummary::default()),
+                WaveGate::Aborted
+            )
+            .is_err()
+        );
+        // Not started: the first report stops it.
+        assert!(matches!(
+            report_step(
+                &job(Phase::Assigned),
+                &Report::Entered(Phase::Capturing),
+                WaveGate::Aborted
+            ),
+            Applied::Stopped(_)
+        ));
+    }
+
+    #[test]
+    fn an_aborted_wave_lets_jobs_past_their_capture_finish_and_failures_land() {
+        let steps = [
+            (Phase::Reimaging, Report::Entered(Phase::Restoring)),
+            (Phase::Restoring, Report::Entered(Phase::Verifying)),
+            (Phase::Verifying, Report::Done(RestoreSummary::default())),
+        ];
+        for (phase, report) in &steps {
+            let Applied::Changed(next) = report_step(&job(*phase), report, WaveGate::Aborted)
+            else {
+                panic!("{phase:?} must run on in an aborted wave");
+            };
+            assert_eq!(next.phase, report.phase());
+        }
+        let failure = Report::Failed(Failure {
+            phase: Phase::Capturing,
+            reason: "disk error".into(),
+            retryable: true,
+        });
+        let Applied::Changed(next) =
+            report_step(&job(Phase::Capturing), &failure, WaveGate::Aborted)
+        else {
+            panic!("a failure is recorded as usual");
+        };
+        assert_eq!(next.phase, Phase::Failed);
+        // Replace: the sealed capture stops before the destination restores.
+        let mut sealed = job(Phase::Captured);
+        sealed.scenario = Scenario::Replace;
+        sealed.captured = Some(captured());
+        sealed.placement = Some(crate::model::Placement {
+            node_id: "node-a".into(),
+            endpoint: "http://n".into(),
+            reserved_bytes: 1,
+            reserved_ms: 0,
+        });
+        sealed.captured.as_mut().unwrap().store_location.clear();
+        let Applied::Stopped(stopped) = report_step(
+            &sealed,
+            &Report::Entered(Phase::Restoring),
+            WaveGate::Aborted,
+        ) else {
+            panic!("the destination starts nothing in an aborted wave");
+        };
+        assert_eq!(
+            stopped.skip_reason.as_deref(),
+            Some("aborted after capture; state kept at storage node node-a")
+        );
+        // Open waves are unaffected.
+        assert!(matches!(
+            report_step(&sealed, &Report::Entered(Phase::Restoring), WaveGate::Open),
+            Applied::Changed(_)
         ));
     }
 }

@@ -206,6 +206,18 @@ pub struct CaptureOptions {
     pub user_exclude: Vec<String>,
     /// Skip unreadable files instead of failing.
     pub continue_on_error: bool,
+    /// USMT rule files, in order (empty: the built-in rules).
+    pub rules: Vec<RuleFile>,
+}
+
+/// A capture rule file a plan attached.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleFile {
+    /// Its path relative to the plan file, as the plan names it (the built-in
+    /// set, `@builtin` in a plan, comes with its own name and text).
+    pub name: String,
+    /// The XML text.
+    pub xml: String,
 }
 
 /// One migration of one machine within a wave.

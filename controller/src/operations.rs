@@ -4,16 +4,25 @@
 use crate::controller::{Controller, job_event};
 use crate::error::{Error, Result};
 use crate::keys;
+use crate::lifecycle::{self, AbortStep, WaveGate};
+use crate::liveness::Liveness;
 use crate::model::{
-    AuditEvent, Destination, Job, Machine, Phase, Plan, Scenario, Wave, WaveState, now_ms,
+    Association, AuditEvent, CaptureOptions, Destination, Job, Machine, Phase, Plan, RuleFile,
+    Scenario, Selector, Wave, WaveState, now_ms,
 };
+use crate::nodes::{Capacity, StorageNode};
 use crate::plan::{self, Problem};
-use crate::registry::{Progress, Versioned};
+use crate::policy::facts::retry_restarts_from;
+use crate::registry::{Progress, Registry, Versioned};
 use crate::store::Txn;
 use std::collections::BTreeMap;
 
 /// Jobs created per transaction at wave start (etcd allows 128 ops a txn).
 const JOBS_PER_TXN: usize = 50;
+
+/// How many times an operator's wave change is retried against concurrent
+/// writers (the scheduler) before giving up.
+const WAVE_CAS_ATTEMPTS: usize = 16;
 
 /// A wave with its live counts.
 #[derive(Debug, Clone)]
@@ -22,6 +31,132 @@ pub struct WaveView {
     pub wave: Wave,
     /// Jobs per phase name.
     pub phase_counts: BTreeMap<&'static str, u32>,
+    /// Batches the wave has in all (`None`: not known before it started).
+    pub batch_count: Option<u32>,
+    /// Failures its error budget tolerates (`None`: no budget).
+    pub budget_tolerated: Option<u32>,
+    /// Failures counted against the budget, as the scheduler counts them:
+    /// jobs failed for good (no automatic retry coming, not superseded by
+    /// a retry wave) plus jobs in flight whose machine lost contact.
+    pub budget_used: u32,
+    /// Milliseconds spent paused, a pause in progress included.
+    pub paused_ms: u64,
+}
+
+impl WaveView {
+    fn of(registry: &Registry, liveness: &Liveness, wave: &Wave, now: i64) -> WaveView {
+        let phase_counts = registry.phase_counts(&wave.spec.name);
+        let jobs: u32 = phase_counts.values().sum();
+        let budget_used = registry
+            .jobs_of_wave(&wave.spec.name)
+            .filter(|job| {
+                let job = &job.value;
+                counts_as_failure(registry, wave, job)
+                    || (job.phase.is_in_flight()
+                        && !job.session.is_empty()
+                        && job.owner().is_some_and(|owner| liveness.is_lost(owner)))
+            })
+            .count() as u32;
+        WaveView {
+            wave: wave.clone(),
+            batch_count: batch_count(wave, jobs),
+            budget_tolerated: (jobs > 0)
+                .then_some(wave.spec.policy.error_budget)
+                .flatten()
+                .map(|budget| budget.tolerated(jobs)),
+            budget_used,
+            paused_ms: wave.paused.paused_ms(now),
+            phase_counts,
+        }
+    }
+}
+
+/// Whether the scheduler puts the failed `job` back to pending by itself
+/// (see `policy::facts::will_retry`): its wave runs or is paused, the
+/// failure is retryable and came before anything was sealed, and attempts
+/// remain.
+fn retried_automatically(wave: &Wave, job: &Job) -> bool {
+    job.phase == Phase::Failed
+        && matches!(wave.state, WaveState::Running | WaveState::Paused)
+        && job
+            .failure
+            .as_ref()
+            .is_some_and(|f| f.retryable && retry_restarts_from(f.phase))
+        && job.attempt < wave.spec.policy.retries.max_attempts
+}
+
+/// Whether the failed `job` counts against budgets (see
+/// `policy::facts::counts_as_failure`): failed for good and not superseded
+/// by a later job of its machine.
+fn counts_as_failure(registry: &Registry, wave: &Wave, job: &Job) -> bool {
+    job.phase == Phase::Failed
+        && registry
+            .latest_job(&job.machine_id)
+            .is_none_or(|latest| latest.value.id == job.id)
+        && !retried_automatically(wave, job)
+}
+
+/// The batches a started wave of `total` jobs has in all, from its policy
+/// (`None` before it has jobs).
+pub fn batch_count(wave: &Wave, total: u32) -> Option<u32> {
+    if total == 0 {
+        return None;
+    }
+    let batches = &wave.spec.policy.batches;
+    let mut admitted: u64 = 0;
+    let mut count = 0;
+    // Every batch admits at least one machine, so this ends within `total`.
+    while admitted < u64::from(total) {
+        admitted += u64::from(batches.size_of(count, total).max(1));
+        count += 1;
+    }
+    Some(count)
+}
+
+/// Ends a pause in progress at `now`, adding its span to the paused total.
+/// Returns the span.
+fn close_pause(wave: &mut Wave, now: i64) -> u64 {
+    let Some(since) = wave.paused.since_ms.take() else {
+        return 0;
+    };
+    let span = now.saturating_sub(since).max(0) as u64;
+    wave.paused.total_ms = wave.paused.total_ms.saturating_add(span);
+    span
+}
+
+/// A failed machine `retry-failed` left out, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryExclusion {
+    /// The machine.
+    pub machine_id: String,
+    /// Its hostname.
+    pub hostname: String,
+    /// Why it was left out.
+    pub reason: String,
+}
+
+/// What `retry-failed` created.
+#[derive(Debug, Clone)]
+pub struct RetryView {
+    /// The new wave (created, or running when started at once).
+    pub wave: Wave,
+    /// Hostnames of its machines.
+    pub hostnames: Vec<String>,
+    /// Failed machines left out.
+    pub excluded: Vec<RetryExclusion>,
+}
+
+/// A storage node with its latest capacity and the jobs placed on it.
+#[derive(Debug, Clone)]
+pub struct StorageNodeView {
+    /// The registration.
+    pub node: StorageNode,
+    /// Its latest capacity report (`None`: none since this controller started).
+    pub capacity: Option<Capacity>,
+    /// Age of that report, by this controller's clock.
+    pub report_age_ms: Option<u64>,
+    /// Replace jobs not yet over that are placed on it.
+    pub placed_jobs: u32,
 }
 
 /// A job with its machine's hostname and live progress.
@@ -88,17 +223,41 @@ impl Controller {
         plan::parse(source, &self.machines_snapshot())
     }
 
+    /// Parses and validates a plan with its attached rule files (path as the
+    /// plan writes it → XML text); warnings come with the parsed plan.
+    pub fn validate_plan_with(
+        &self,
+        source: &str,
+        attachments: &BTreeMap<String, String>,
+    ) -> std::result::Result<plan::ParsedPlan, Vec<Problem>> {
+        plan::parse_with_attachments(source, &self.machines_snapshot(), attachments)
+    }
+
     /// Validates and stores a plan, creating its waves.
     ///
     /// Re-applying a plan replaces waves that have not started; a started
     /// wave cannot be redefined.
     pub async fn apply_plan(&self, source: &str, file: &str, actor: &str) -> Result<Plan> {
-        let plan = self
-            .validate_plan(source)
+        self.apply_plan_with(source, file, actor, &BTreeMap::new())
+            .await
+            .map(|parsed| parsed.plan)
+    }
+
+    /// [`Controller::apply_plan`] with the plan's rule files attached.
+    pub async fn apply_plan_with(
+        &self,
+        source: &str,
+        file: &str,
+        actor: &str,
+        attachments: &BTreeMap<String, String>,
+    ) -> Result<plan::ParsedPlan> {
+        let parsed = self
+            .validate_plan_with(source, attachments)
             .map_err(|problems| Error::InvalidPlan {
                 file: file.to_string(),
                 problems: problems.iter().map(|p| p.display(file)).collect(),
             })?;
+        let plan = parsed.plan.clone();
         let mut txn = Txn::new();
         let mut waves = Vec::new();
         {
@@ -171,7 +330,7 @@ impl Controller {
                 },
             );
         }
-        Ok(plan)
+        Ok(parsed)
     }
 
     fn wave(&self, name: &str) -> Result<Versioned<Wave>> {
@@ -246,6 +405,20 @@ impl Controller {
                     ));
                     continue;
                 }
+                let is_destination = spec.pairs.iter().any(|pair| {
+                    pair.destination
+                        .eq_ignore_ascii_case(&machine.inventory.hostname)
+                });
+                if is_destination {
+                    // Takes part as its pair's destination, not with a job of its own.
+                    continue;
+                }
+                // Auto waves decide per machine; a machine that can be neither
+                // refreshed nor replaced is skipped with the reason, not dropped.
+                let (scenario, skip_reason) = match plan::resolve_scenario(&spec, machine) {
+                    Ok(scenario) => (scenario, None),
+                    Err(reason) => (Scenario::Refresh, Some(reason)),
+                };
                 let destination = spec
                     .pairs
                     .iter()
@@ -253,23 +426,34 @@ impl Controller {
                         pair.source
                             .eq_ignore_ascii_case(&machine.inventory.hostname)
                     })
+                    .filter(|_| scenario == Scenario::Replace)
                     .map(|pair| Destination {
                         hostname: pair.destination.clone(),
                         machine_id: String::new(),
                     });
-                if spec.scenario == Scenario::Replace && destination.is_none() {
+                if scenario == Scenario::Replace && destination.is_none() {
                     continue;
                 }
+                let phase = if skip_reason.is_some() {
+                    Phase::Skipped
+                } else {
+                    Phase::Pending
+                };
                 new_jobs.push(Job {
                     id: job_id,
                     wave: name.to_string(),
                     machine_id: machine.id.clone(),
-                    scenario: spec.scenario,
-                    phase: Phase::Pending,
+                    scenario,
+                    phase,
                     attempt: 0,
                     fence: 0,
                     session: String::new(),
-                    capture_options: spec.capture.clone(),
+                    // Rule texts stay with the wave's spec (one copy, not one per
+                    // job); the assignment takes them from there.
+                    capture_options: CaptureOptions {
+                        rules: Vec::new(),
+                        ..spec.capture.clone()
+                    },
                     captured: None,
                     restored: None,
                     failure: None,
@@ -278,7 +462,7 @@ impl Controller {
                     batch: None,
                     phase_since_ms: now_ms(),
                     not_before_ms: None,
-                    skip_reason: None,
+                    skip_reason,
                     created_ms: now_ms(),
                     started_ms: None,
                     finished_ms: None,
@@ -339,94 +523,419 @@ impl Controller {
         self.put_wave(&current, next, event).await
     }
 
-    async fn change_wave_state(
-        &self,
-        name: &str,
-        actor: &str,
-        from: &[WaveState],
-        to: WaveState,
-        action: &'static str,
-    ) -> Result<Wave> {
-        let current = self.wave(name)?;
-        if current.value.state == to {
-            return Ok(current.value);
-        }
-        if !from.contains(&current.value.state) {
-            return Err(Error::WaveState {
-                wave: name.to_string(),
-                state: current.value.state.name(),
-                action,
-            });
-        }
-        let mut next = current.value.clone();
-        next.state = to;
-        if to == WaveState::Aborted {
-            next.finished_ms = Some(now_ms());
-        }
-        let event = operator_event(actor, &format!("wave.{}", to.name()), name, action.into());
-        self.put_wave(&current, next, event).await
+    /// The rule files `job`'s capture uses: its wave's (jobs do not carry a
+    /// copy), or the job's own if its wave is gone.
+    pub fn capture_rules(&self, job: &Job) -> Vec<RuleFile> {
+        self.registry()
+            .waves
+            .get(&job.wave)
+            .map(|wave| wave.value.spec.capture.rules.clone())
+            .unwrap_or_else(|| job.capture_options.rules.clone())
     }
 
-    /// Stops admitting new jobs; running ones continue.
+    /// Re-reads a wave from the store into the cache after a lost CAS.
+    async fn reload_wave(&self, name: &str) -> Result<()> {
+        let key = keys::key(keys::WAVES, name);
+        let Some(kv) = self.inner.store.get(&key).await? else {
+            return Err(Error::UnknownWave(name.to_string()));
+        };
+        let wave: Wave = keys::decode(&key, &kv.value)?;
+        self.registry().waves.insert(
+            name.to_string(),
+            Versioned {
+                value: wave,
+                revision: kv.mod_revision,
+            },
+        );
+        Ok(())
+    }
+
+    /// Read-modify-write of one wave with compare-and-swap and retries (the
+    /// scheduler writes waves too). `change` returns the new wave and its
+    /// audit event, or `None` to leave it as it is.
+    async fn update_wave<F>(&self, name: &str, change: F) -> Result<Wave>
+    where
+        F: Fn(&Wave) -> Result<Option<(Wave, AuditEvent)>>,
+    {
+        for _ in 0..WAVE_CAS_ATTEMPTS {
+            let current = self.wave(name)?;
+            let Some((next, event)) = change(&current.value)? else {
+                return Ok(current.value);
+            };
+            match self.put_wave(&current, next, event).await {
+                Err(Error::Conflict { .. }) => self.reload_wave(name).await?,
+                other => return other,
+            }
+        }
+        Err(Error::Conflict {
+            key: keys::key(keys::WAVES, name),
+        })
+    }
+
+    /// Whether `wave` still lets its started jobs move on (the report path
+    /// asks; see [`crate::lifecycle::apply_report_in`]).
+    pub(crate) fn wave_gate(&self, wave: &str) -> WaveGate {
+        match self.registry().waves.get(wave) {
+            Some(w) if w.value.state == WaveState::Aborted => WaveGate::Aborted,
+            _ => WaveGate::Open,
+        }
+    }
+
+    /// Stops admitting new jobs and freezes the wave's deadlines; running
+    /// jobs continue. Pausing a paused wave changes nothing.
     pub async fn pause_wave(&self, name: &str, actor: &str) -> Result<Wave> {
-        self.change_wave_state(
-            name,
-            actor,
-            &[WaveState::Running],
-            WaveState::Paused,
-            "pause it",
-        )
+        self.update_wave(name, |wave| match wave.state {
+            WaveState::Paused => Ok(None),
+            WaveState::Running => {
+                let now = now_ms();
+                let mut next = wave.clone();
+                next.state = WaveState::Paused;
+                next.paused.since_ms = Some(now);
+                let event = operator_event(
+                    actor,
+                    "wave.paused",
+                    name,
+                    "no new starts; deadlines frozen; running jobs continue".into(),
+                );
+                Ok(Some((next, event)))
+            }
+            other => Err(Error::WaveState {
+                wave: name.to_string(),
+                state: other.name(),
+                action: "pause it (only a running wave can be paused)",
+            }),
+        })
         .await
     }
 
-    /// Resumes admitting jobs.
+    /// Admits jobs again after a pause (the paused span is added to the
+    /// wave's paused total, so deadlines leave it out) or after a halt by
+    /// an error budget (the audit event names the halt's reason).
     pub async fn resume_wave(&self, name: &str, actor: &str) -> Result<Wave> {
-        self.change_wave_state(
-            name,
-            actor,
-            &[WaveState::Paused],
-            WaveState::Running,
-            "resume it",
-        )
+        self.update_wave(name, |wave| match wave.state {
+            WaveState::Running => Ok(None),
+            WaveState::Paused | WaveState::Halted => {
+                let now = now_ms();
+                let mut next = wave.clone();
+                next.state = WaveState::Running;
+                let paused_for = close_pause(&mut next, now);
+                let detail = if wave.state == WaveState::Halted {
+                    format!(
+                        "resumed after a halt: {}",
+                        wave.halt_reason.as_deref().unwrap_or("no reason recorded")
+                    )
+                } else {
+                    format!("resumed after {paused_for} ms paused")
+                };
+                Ok(Some((
+                    next,
+                    operator_event(actor, "wave.resumed", name, detail),
+                )))
+            }
+            other => Err(Error::WaveState {
+                wave: name.to_string(),
+                state: other.name(),
+                action: "resume it (only a paused or halted wave can be resumed)",
+            }),
+        })
         .await
     }
 
-    /// Aborts a wave: jobs not yet started are skipped; jobs already past
-    /// their first report run on to a safe end (never cut mid-reimage).
+    /// Lets a running wave's next batch open: a manual advance, or past
+    /// success criteria its current batch did not meet. Promoting a
+    /// promoted batch changes nothing.
+    pub async fn promote_wave(&self, name: &str, actor: &str) -> Result<Wave> {
+        let batches = self.batch_count_of(name)?;
+        self.update_wave(name, |wave| {
+            if wave.state != WaveState::Running {
+                return Err(Error::WaveState {
+                    wave: name.to_string(),
+                    state: wave.state.name(),
+                    action: "promote its batch (only a running wave has a batch to promote)",
+                });
+            }
+            if wave.batch.promoted {
+                return Ok(None);
+            }
+            let mut next = wave.clone();
+            next.batch.promoted = true;
+            let of = batches.map(|n| format!(" of {n}")).unwrap_or_default();
+            let detail = format!(
+                "batch {}{of} promoted: the next batch may open",
+                wave.batch.index + 1
+            );
+            Ok(Some((
+                next,
+                operator_event(actor, "wave.promoted", name, detail),
+            )))
+        })
+        .await
+    }
+
+    fn batch_count_of(&self, name: &str) -> Result<Option<u32>> {
+        let wave = self.wave(name)?;
+        let jobs = self.registry().jobs_of_wave(name).count() as u32;
+        Ok(batch_count(&wave.value, jobs))
+    }
+
+    /// Aborts a wave. Nothing new starts: jobs not started are skipped
+    /// (`wave aborted by <actor>`), a running capture may finish and then
+    /// stops with its state kept (never into the reimage), and jobs past
+    /// their capture run to their end. Safe to repeat: a second abort
+    /// sweeps the jobs again.
     pub async fn abort_wave(&self, name: &str, actor: &str) -> Result<Wave> {
-        let wave = self
-            .change_wave_state(
-                name,
-                actor,
-                &[WaveState::Created, WaveState::Running, WaveState::Paused],
-                WaveState::Aborted,
-                "abort it",
+        let summary = {
+            let registry = self.registry();
+            let mut skip = 0;
+            let mut finish_capture = 0;
+            let mut run_to_end = 0;
+            for job in registry.jobs_of_wave(name) {
+                match lifecycle::abort_step(&job.value, actor) {
+                    AbortStep::Skip(_) => skip += 1,
+                    AbortStep::FinishCapture => finish_capture += 1,
+                    AbortStep::RunToEnd => run_to_end += 1,
+                    AbortStep::Over => {}
+                }
+            }
+            format!(
+                "{skip} jobs skipped, {finish_capture} captures finish and stop with their \
+                 state kept, {run_to_end} jobs past their capture run to their end"
             )
+        };
+        let wave = self
+            .update_wave(name, |wave| match wave.state {
+                WaveState::Aborted => Ok(None),
+                WaveState::Created | WaveState::Running | WaveState::Paused | WaveState::Halted => {
+                    let now = now_ms();
+                    let mut next = wave.clone();
+                    next.state = WaveState::Aborted;
+                    next.finished_ms = Some(now);
+                    close_pause(&mut next, now);
+                    Ok(Some((
+                        next,
+                        operator_event(actor, "wave.aborted", name, summary.clone()),
+                    )))
+                }
+                WaveState::Completed => Err(Error::WaveState {
+                    wave: name.to_string(),
+                    state: WaveState::Completed.name(),
+                    action: "abort it (every job is over)",
+                }),
+            })
             .await?;
-        let unstarted: Vec<String> = self
+        let to_skip: Vec<String> = self
             .registry()
             .jobs_of_wave(name)
-            .filter(|job| matches!(job.value.phase, Phase::Pending | Phase::Assigned))
-            .filter(|job| job.value.session.is_empty())
+            .filter(|job| matches!(lifecycle::abort_step(&job.value, actor), AbortStep::Skip(_)))
             .map(|job| job.value.id.clone())
             .collect();
-        for job_id in unstarted {
-            let actor = actor.to_string();
-            self.update_job(&job_id, |job| {
-                if !(matches!(job.phase, Phase::Pending | Phase::Assigned)
-                    && job.session.is_empty())
-                {
-                    return Ok(None);
+        for job_id in to_skip {
+            self.update_job(&job_id, |job| match lifecycle::abort_step(job, actor) {
+                AbortStep::Skip(next) => {
+                    let detail = format!(
+                        "{} -> skipped: {}",
+                        job.phase.name(),
+                        next.skip_reason.as_deref().unwrap_or_default()
+                    );
+                    let event = job_event(&next, actor, "job.phase", detail);
+                    Ok(Some((*next, vec![event])))
                 }
-                let mut next = job.clone();
-                next.phase = Phase::Skipped;
-                next.finished_ms = Some(now_ms());
-                let event = job_event(&next, &actor, "job.phase", "skipped: wave aborted".into());
-                Ok(Some((next, vec![event])))
+                _ => Ok(None),
             })
             .await?;
         }
         Ok(wave)
+    }
+
+    /// Creates a wave `<name>-retry-<n>` holding the failed machines of
+    /// wave `name` (for a replace wave, with the same pairs), with the same
+    /// spec and policy and `retry_of = name`; starts it when `start`.
+    ///
+    /// Left out, with the reason: machines that moved on to another job or
+    /// sit in another retry wave not started yet, and refresh machines that
+    /// failed after their reimage began (their state waits in their store
+    /// for a restore; a new capture would take the fresh system instead).
+    pub async fn retry_failed(&self, name: &str, actor: &str, start: bool) -> Result<RetryView> {
+        let (wave, machines, excluded) = {
+            let registry = self.registry();
+            let source = registry
+                .waves
+                .get(name)
+                .ok_or_else(|| Error::UnknownWave(name.to_string()))?
+                .value
+                .clone();
+            let mut root = source.spec.name.clone();
+            let mut hops = 0;
+            while let Some(parent) = registry
+                .waves
+                .get(&root)
+                .and_then(|w| w.value.retry_of.clone())
+                .filter(|_| hops < registry.waves.len())
+            {
+                root = parent;
+                hops += 1;
+            }
+            let retry_name = (1..)
+                .map(|n| format!("{root}-retry-{n}"))
+                .find(|candidate| !registry.waves.contains_key(candidate))
+                .unwrap_or_default();
+            if !plan::is_valid_name(&retry_name) {
+                return Err(Error::InvalidArgument(format!(
+                    "the retry wave's name {retry_name:?} is not a valid wave name \
+                     (letters, digits, '-', '_', at most 64 characters)"
+                )));
+            }
+            // Machines already waiting in a retry wave not started yet.
+            let mut queued: BTreeMap<String, String> = BTreeMap::new();
+            for other in registry.waves.values().map(|w| &w.value) {
+                if other.retry_of.as_deref() == Some(name) && other.state == WaveState::Created {
+                    for id in &other.spec.select.ids {
+                        queued.insert(id.clone(), other.spec.name.clone());
+                    }
+                }
+            }
+            let mut machines: Vec<(String, String, Option<Association>)> = Vec::new();
+            let mut excluded = Vec::new();
+            for job in registry.jobs_of_wave(name).map(|j| &j.value) {
+                if job.phase != Phase::Failed {
+                    continue;
+                }
+                let hostname = registry
+                    .machines
+                    .get(&job.machine_id)
+                    .map(|m| m.value.inventory.hostname.clone())
+                    .unwrap_or_default();
+                let failed_in = job.failure.as_ref().map_or(Phase::Failed, |f| f.phase);
+                let reason = if let Some(latest) = registry
+                    .latest_job(&job.machine_id)
+                    .filter(|latest| latest.value.id != job.id)
+                {
+                    Some(format!(
+                        "moved on to job {} ({})",
+                        latest.value.id,
+                        latest.value.phase.name()
+                    ))
+                } else if let Some(other) = queued.get(&job.machine_id) {
+                    Some(format!("already in retry wave {other}"))
+                } else if retried_automatically(&source, job) {
+                    Some(format!(
+                        "the wave's retry policy retries it (attempt {} of {})",
+                        job.attempt, source.spec.policy.retries.max_attempts
+                    ))
+                } else if job.scenario == Scenario::Refresh
+                    && matches!(
+                        failed_in,
+                        Phase::Reimaging | Phase::Restoring | Phase::Verifying
+                    )
+                {
+                    let store = job
+                        .captured
+                        .as_ref()
+                        .map(|c| c.store_location.clone())
+                        .filter(|l| !l.is_empty())
+                        .unwrap_or_else(|| "the machine's state store".into());
+                    Some(format!(
+                        "failed in {} after its reimage began; its state is kept at {store} \
+                         and needs a restore (fleetmig-worker load), not a new capture",
+                        failed_in.name()
+                    ))
+                } else if job.scenario == Scenario::Replace && job.destination.is_none() {
+                    Some("replace job without a destination".into())
+                } else {
+                    None
+                };
+                match reason {
+                    Some(reason) => excluded.push(RetryExclusion {
+                        machine_id: job.machine_id.clone(),
+                        hostname,
+                        reason,
+                    }),
+                    None => {
+                        let pair = job.destination.as_ref().map(|d| Association {
+                            source: hostname.clone(),
+                            destination: d.hostname.clone(),
+                        });
+                        machines.push((job.machine_id.clone(), hostname, pair));
+                    }
+                }
+            }
+            if machines.is_empty() {
+                let detail = excluded
+                    .iter()
+                    .map(|e| format!("{}: {}", e.hostname, e.reason))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                return Err(Error::NothingToRetry {
+                    wave: name.to_string(),
+                    detail,
+                });
+            }
+            machines.sort_by_key(|(_, hostname, _)| hostname.to_ascii_lowercase());
+            let mut spec = source.spec.clone();
+            spec.name = retry_name;
+            spec.select = Selector {
+                ids: machines.iter().map(|(id, _, _)| id.clone()).collect(),
+                ..Selector::default()
+            };
+            spec.pairs = machines
+                .iter()
+                .filter_map(|(_, _, pair)| pair.clone())
+                .collect();
+            let wave = Wave {
+                spec,
+                plan: source.plan.clone(),
+                state: WaveState::Created,
+                machines: 0,
+                started_ms: None,
+                finished_ms: None,
+                batch: Default::default(),
+                halt_reason: None,
+                paused: Default::default(),
+                retry_of: Some(name.to_string()),
+            };
+            (wave, machines, excluded)
+        };
+        let retry_name = wave.spec.name.clone();
+        let hostnames: Vec<String> = machines.into_iter().map(|(_, h, _)| h).collect();
+        let key = keys::key(keys::WAVES, &retry_name);
+        let txn = Txn::new()
+            .when_absent(key.clone())
+            .put(key, keys::encode(&wave));
+        let mut detail = format!(
+            "created wave {retry_name} with {} failed machines: {}",
+            hostnames.len(),
+            hostnames.join(", ")
+        );
+        if !excluded.is_empty() {
+            detail.push_str(&format!("; {} left out", excluded.len()));
+        }
+        let events = vec![
+            operator_event(actor, "wave.retry_failed", name, detail),
+            operator_event(
+                actor,
+                "wave.create",
+                &retry_name,
+                format!("retries {} failed machines of wave {name}", hostnames.len()),
+            ),
+        ];
+        let revision = self.commit(txn, events).await?;
+        self.registry().waves.insert(
+            retry_name.clone(),
+            Versioned {
+                value: wave.clone(),
+                revision,
+            },
+        );
+        let wave = if start {
+            self.start_wave(&retry_name, actor).await?
+        } else {
+            wave
+        };
+        Ok(RetryView {
+            wave,
+            hostnames,
+            excluded,
+        })
     }
 
     /// Waves and their jobs.
@@ -437,14 +946,12 @@ impl Controller {
         {
             return Err(Error::UnknownWave(name.to_string()));
         }
+        let now = now_ms();
         let waves: Vec<WaveView> = registry
             .waves
             .values()
             .filter(|w| wave.is_none_or(|name| name == w.value.spec.name))
-            .map(|w| WaveView {
-                wave: w.value.clone(),
-                phase_counts: registry.phase_counts(&w.value.spec.name),
-            })
+            .map(|w| WaveView::of(&registry, &self.inner.liveness, &w.value, now))
             .collect();
         let mut jobs = Vec::new();
         for view in &waves {
@@ -458,7 +965,7 @@ impl Controller {
                     job: job.value.clone(),
                     hostname,
                     progress: registry.progress.get(&job.value.id).cloned(),
-                    waiting: registry.waiting.get(&job.value.id).cloned(),
+                    waiting: waiting_reason(&registry, &view.wave, &job.value, now),
                 });
             }
         }
@@ -475,6 +982,28 @@ impl Controller {
             machines: registry.machines.len(),
             storage_nodes,
         })
+    }
+
+    /// Registered storage nodes with their latest capacity and placed jobs.
+    pub fn storage_node_views(&self) -> Vec<StorageNodeView> {
+        let now = now_ms();
+        let mut placed: BTreeMap<String, u32> = BTreeMap::new();
+        for job in self.registry().jobs.values().map(|j| &j.value) {
+            if let Some(placement) = job.placement.as_ref().filter(|_| !job.phase.is_terminal()) {
+                *placed.entry(placement.node_id.clone()).or_default() += 1;
+            }
+        }
+        self.storage_nodes()
+            .into_iter()
+            .map(|(node, capacity)| StorageNodeView {
+                report_age_ms: capacity
+                    .as_ref()
+                    .map(|c| now.saturating_sub(c.reported_ms).max(0) as u64),
+                placed_jobs: placed.get(&node.id).copied().unwrap_or(0),
+                node,
+                capacity,
+            })
+            .collect()
     }
 
     /// Machines, optionally only those in `wave` or whose latest job is in `phase`.
@@ -519,3 +1048,36 @@ impl Controller {
         Ok(events)
     }
 }
+
+/// Why a pending `job` of `wave` has not started: its wave does not admit
+/// (paused, halted), the scheduler's reason for the job (storage, window,
+/// caps), a retry backoff, or the scheduler's reason for the whole wave
+/// (its batch, its window of jobs in flight).
+fn waiting_reason(registry: &Registry, wave: &Wave, job: &Job, now: i64) -> Option<String> {
+    if job.phase != Phase::Pending {
+        return None;
+    }
+    match wave.state {
+        WaveState::Paused => return Some("wave paused".into()),
+        WaveState::Halted => {
+            return Some(format!(
+                "wave halted: {}",
+                wave.halt_reason.as_deref().unwrap_or("no reason recorded")
+            ));
+        }
+        _ => {}
+    }
+    if let Some(reason) = registry.waiting.get(&job.id) {
+        return Some(reason.clone());
+    }
+    if let Some(not_before) = job.not_before_ms.filter(|not_before| *not_before > now) {
+        return Some(format!(
+            "retry backoff: {}s left",
+            (not_before - now).saturating_add(999) / 1000
+        ));
+    }
+    registry.wave_waiting.get(&wave.spec.name).cloned()
+}
+
+#[cfg(test)]
+mod tests;

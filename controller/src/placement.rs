@@ -7,6 +7,7 @@ use crate::controller::Controller;
 use crate::model::{Job, Phase, Placement, now_ms};
 use crate::nodes::{Capacity, StorageNode};
 use fleetmig_proto::v1::{self, CapabilityRole, storage_node_client::StorageNodeClient};
+use std::collections::HashSet;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
@@ -33,15 +34,22 @@ fn available(capacity: &Capacity) -> u64 {
 }
 
 /// Nodes that can take `bytes`, best first: same site, then most room.
+/// Nodes in `full` already have their cap (`cap`) of jobs in flight.
 fn candidates(
     nodes: Vec<(StorageNode, Option<Capacity>)>,
     site: &str,
     bytes: u64,
+    full: &HashSet<String>,
+    cap: u32,
 ) -> (Vec<StorageNode>, Vec<String>) {
     let now = now_ms();
     let mut usable = Vec::new();
     let mut reasons = Vec::new();
     for (node, capacity) in nodes {
+        if full.contains(&node.id) {
+            reasons.push(format!("{}: {cap} jobs in flight, its cap", node.id));
+            continue;
+        }
         let Some(capacity) = capacity else {
             reasons.push(format!("{}: no capacity report yet", node.id));
             continue;
@@ -117,9 +125,15 @@ impl Controller {
             .max_encoding_message_size(fleetmig_proto::MAX_CONTROL_MESSAGE_BYTES))
     }
 
-    /// Reserves space for `job` on the best node that accepts it. On
+    /// Reserves space for `job` on the best node that accepts it, leaving
+    /// out the nodes in `full` (at their `cap` of jobs in flight). On
     /// failure returns why no node could take it (the job waits).
-    pub(crate) async fn place(&self, job: &Job) -> Result<Placement, String> {
+    pub(crate) async fn place(
+        &self,
+        job: &Job,
+        full: &HashSet<String>,
+        cap: u32,
+    ) -> Result<Placement, String> {
         let bytes = estimate_bytes(self, job);
         let site = self
             .registry()
@@ -127,7 +141,7 @@ impl Controller {
             .get(&job.machine_id)
             .map(|m| m.value.inventory.site.clone())
             .unwrap_or_default();
-        let (nodes, mut reasons) = candidates(self.storage_nodes(), &site, bytes);
+        let (nodes, mut reasons) = candidates(self.storage_nodes(), &site, bytes, full, cap);
         for node in nodes {
             let token = self.capability(job, &node.id, &job.machine_id, CapabilityRole::Reserve);
             let mut client = match self.node_client(&node.endpoint) {
@@ -229,7 +243,7 @@ mod tests {
             (node("d", "lyon"), capacity(50)),
             (node("e", "lyon"), None),
         ];
-        let (order, reasons) = candidates(nodes, "lyon", 100);
+        let (order, reasons) = candidates(nodes, "lyon", 100, &HashSet::new(), 0);
         let ids: Vec<_> = order.iter().map(|n| n.id.as_str()).collect();
         assert_eq!(ids, ["b", "c", "a"]);
         assert_eq!(reasons.len(), 2, "{reasons:?}");
@@ -249,8 +263,24 @@ mod tests {
             ],
             "x",
             1,
+            &HashSet::new(),
+            0,
         );
         assert!(order.is_empty());
         assert!(reasons[0].contains("restore-only") && reasons[1].contains("2 minutes"));
+    }
+
+    #[test]
+    fn nodes_at_their_cap_of_jobs_in_flight_are_left_out() {
+        let nodes = vec![
+            (node("a", "lyon"), capacity(900)),
+            (node("b", "lyon"), capacity(500)),
+            (node("c", "paris"), capacity(800)),
+        ];
+        let full: HashSet<String> = ["a".to_string()].into();
+        let (order, reasons) = candidates(nodes, "lyon", 100, &full, 4);
+        let ids: Vec<_> = order.iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(ids, ["b", "c"], "same site first, the full node never");
+        assert_eq!(reasons, ["a: 4 jobs in flight, its cap"]);
     }
 }

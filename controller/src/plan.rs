@@ -2,21 +2,44 @@
 //! every problem is reported as `file:line:column: message`.
 //!
 //! The format is documented in `docs/plan-format.md`; `examples/plan.toml`
-//! is a complete example.
+//! and `examples/plans/*.toml` are complete examples.
+//!
+//! [`parse`] and [`parse_with_attachments`] check everything they can
+//! without stopping at the first problem: names, machine selection against
+//! the enrolled inventory, computer associations, the wave policy
+//! ([`policy`]: batches, budgets, caps, success criteria, windows, deadlines,
+//! retries), `scenario = "auto"` ([`scenario`]) and the capture's USMT rule
+//! files ([`rules`]), which the CLI attaches to the plan because the
+//! controller never reads the operator's files itself.
 
-use crate::model::{
-    Association, CaptureOptions, Machine, Plan, Scenario, Selector, WaveSpec, now_ms,
-};
+use crate::model::{Association, Machine, Plan, Scenario, Selector, WaveSpec, now_ms};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
 use toml::Spanned;
+
+mod policy;
+mod rules;
+mod scenario;
+mod values;
+
+pub use rules::{BUILTIN_RULES, MAX_RULE_FILE_BYTES, RuleFile, referenced_rule_files};
+pub use scenario::{
+    PlannedScenario, REFRESH_STORE_FIXED_BYTES, can_refresh, refresh_store_bytes, resolve_scenario,
+};
 
 /// Plan format version this controller understands.
 pub const PLAN_FORMAT_VERSION: u32 = 1;
 
 /// Largest plan accepted, in bytes.
 pub const MAX_PLAN_BYTES: usize = 4 * 1024 * 1024;
+
+/// Most problems reported for one plan; past it the last problem says how
+/// many more there were.
+pub const MAX_PROBLEMS: usize = 1000;
+
+/// Default `max_in_flight` of a wave.
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 10;
 
 /// One problem found in a plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,11 +59,37 @@ impl Problem {
     }
 }
 
+/// A plan that passed validation, with what the stored [`Plan`] cannot hold
+/// yet (see [`PlannedWave`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedPlan {
+    /// The plan to store.
+    pub plan: Plan,
+    /// One entry per wave of `plan.waves`, in the same order.
+    pub waves: Vec<PlannedWave>,
+    /// Things that do not make the plan invalid but that the operator should
+    /// see: constructs of a rule file fleetmig does not honour, located at
+    /// the `rules` entry that names the file.
+    pub warnings: Vec<Problem>,
+}
+
+/// What the plan says about a wave beyond its [`WaveSpec`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedWave {
+    /// The scenario as written (`auto` is stored in the spec as a refresh
+    /// wave with pairs; see [`PlannedScenario::of`]).
+    pub scenario: PlannedScenario,
+    /// The capture's rule files, in plan order (empty: the built-in rules).
+    pub rules: Vec<RuleFile>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPlan {
     version: Spanned<u32>,
     name: Spanned<String>,
+    #[serde(default)]
+    policy: Option<policy::RawPlanPolicy>,
     #[serde(default)]
     waves: Vec<Spanned<RawWave>>,
 }
@@ -52,13 +101,31 @@ struct RawWave {
     #[serde(default)]
     scenario: Option<Spanned<String>>,
     #[serde(default)]
-    max_in_flight: Option<Spanned<i64>>,
+    max_in_flight: Option<values::Value>,
     #[serde(default)]
     select: Option<Spanned<RawSelector>>,
     #[serde(default)]
-    capture: CaptureOptions,
+    capture: rules::RawCapture,
     #[serde(default)]
     pairs: Vec<Spanned<RawPair>>,
+    #[serde(default)]
+    batch: Option<Spanned<values::RawList>>,
+    #[serde(default)]
+    error_budget: Option<values::Value>,
+    #[serde(default)]
+    max_in_flight_per_site: Option<values::Value>,
+    #[serde(default)]
+    max_in_flight_per_storage_node: Option<values::Value>,
+    #[serde(default)]
+    estimated_duration: Option<values::Value>,
+    #[serde(default)]
+    success: Option<policy::RawSuccess>,
+    #[serde(default)]
+    deadlines: Option<policy::RawDeadlines>,
+    #[serde(default)]
+    retries: Option<policy::RawRetries>,
+    #[serde(default)]
+    windows: Vec<Spanned<policy::RawWindow>>,
 }
 
 #[derive(Deserialize)]
@@ -78,24 +145,73 @@ struct RawSelector {
     labels: BTreeMap<String, String>,
 }
 
-/// Translates byte offsets into 1-based line and column numbers.
-struct Locator<'a> {
-    source: &'a str,
+/// Problems found so far, by byte offset; turned into lines and columns
+/// once, at the end, in one pass over the source.
+#[derive(Default)]
+struct Problems {
+    found: Vec<(usize, String)>,
 }
 
-impl Locator<'_> {
-    fn problem(&self, span: Range<usize>, message: impl Into<String>) -> Problem {
-        let mut offset = span.start.min(self.source.len());
-        while !self.source.is_char_boundary(offset) {
-            offset -= 1;
+impl Problems {
+    /// Records a problem at the start of `span`.
+    fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.found.push((span.start, message.into()));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.found.is_empty()
+    }
+
+    /// The problems in source order (stable for equal offsets), at most
+    /// [`MAX_PROBLEMS`], with 1-based lines and columns (in characters).
+    fn locate(mut self, source: &str) -> Vec<Problem> {
+        self.found.sort_by_key(|(offset, _)| *offset);
+        let total = self.found.len();
+        let mut problems = Vec::with_capacity(total.min(MAX_PROBLEMS));
+        let (mut line, mut column, mut position) = (1u32, 1u32, 0usize);
+        for (index, (offset, message)) in self.found.into_iter().enumerate() {
+            if index + 1 == MAX_PROBLEMS && total > MAX_PROBLEMS {
+                problems.push(Problem {
+                    message: format!("{} more problems not shown; fix these first", total - index),
+                    line,
+                    column,
+                });
+                break;
+            }
+            let offset = offset.min(source.len());
+            if offset > position {
+                for c in source[position..].chars() {
+                    if position >= offset {
+                        break;
+                    }
+                    position += c.len_utf8();
+                    if c == '\n' {
+                        line += 1;
+                        column = 1;
+                    } else {
+                        column += 1;
+                    }
+                }
+            }
+            problems.push(Problem {
+                message,
+                line,
+                column,
+            });
         }
-        let before = &self.source[..offset];
-        let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
-        Problem {
-            message: message.into(),
-            line: before.matches('\n').count() as u32 + 1,
-            column: before[line_start..].chars().count() as u32 + 1,
-        }
+        problems
+    }
+}
+
+/// A user-supplied value for a message: at most 80 characters.
+fn shown(value: &str) -> String {
+    const LONGEST: usize = 80;
+    if value.chars().count() <= LONGEST {
+        value.to_string()
+    } else {
+        let mut cut: String = value.chars().take(LONGEST).collect();
+        cut.push('…');
+        cut
     }
 }
 
@@ -108,11 +224,26 @@ pub fn is_valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
 }
 
-/// Parses and validates `source` against the enrolled `machines`.
+/// Parses and validates `source` against the enrolled `machines`, with no
+/// rule files attached (a plan whose capture names `rules` is therefore
+/// invalid: use [`parse_with_attachments`]).
 ///
 /// Returns the plan, or every problem found (not just the first).
 pub fn parse(source: &str, machines: &[Machine]) -> Result<Plan, Vec<Problem>> {
-    let locator = Locator { source };
+    parse_with_attachments(source, machines, &BTreeMap::new()).map(|parsed| parsed.plan)
+}
+
+/// Parses and validates `source` against the enrolled `machines`.
+/// `attachments` maps each rule file path as the plan writes it (see
+/// [`referenced_rule_files`]) to its XML text.
+///
+/// Returns the plan, or every problem found (not just the first), sorted by
+/// location.
+pub fn parse_with_attachments(
+    source: &str,
+    machines: &[Machine],
+    attachments: &BTreeMap<String, String>,
+) -> Result<ParsedPlan, Vec<Problem>> {
     if source.len() > MAX_PLAN_BYTES {
         return Err(vec![Problem {
             message: format!(
@@ -123,185 +254,266 @@ pub fn parse(source: &str, machines: &[Machine]) -> Result<Plan, Vec<Problem>> {
             column: 0,
         }]);
     }
-    let raw: RawPlan = toml::from_str(source).map_err(|err| {
-        let span = err.span().unwrap_or(0..0);
-        vec![locator.problem(span, err.message().trim().to_string())]
-    })?;
+    let mut problems = Problems::default();
+    let raw: RawPlan = match toml::from_str(source) {
+        Ok(raw) => raw,
+        Err(err) => {
+            problems.at(err.span().unwrap_or(0..0), err.message().trim());
+            return Err(problems.locate(source));
+        }
+    };
 
-    let mut problems = Vec::new();
     if *raw.version.get_ref() != PLAN_FORMAT_VERSION {
-        problems.push(locator.problem(
+        problems.at(
             raw.version.span(),
             format!(
                 "unsupported plan version {}; this controller reads version {PLAN_FORMAT_VERSION}",
                 raw.version.get_ref()
             ),
-        ));
+        );
     }
     if !is_valid_name(raw.name.get_ref()) {
-        problems.push(locator.problem(
+        problems.at(
             raw.name.span(),
             format!(
                 "plan name {:?} must be 1-64 letters, digits, '-' or '_'",
-                raw.name.get_ref()
+                shown(raw.name.get_ref())
             ),
-        ));
+        );
     }
     if raw.waves.is_empty() {
-        problems.push(locator.problem(0..0, "plan has no [[waves]]"));
+        problems.at(0..0, "plan has no [[waves]]");
     }
+    let plan_policy = policy::plan_policy(&mut problems, raw.policy.unwrap_or_default());
 
-    let hostnames: HashSet<String> = machines
-        .iter()
-        .map(|m| m.inventory.hostname.to_ascii_lowercase())
-        .collect();
-    let ids: HashSet<&str> = machines.iter().map(|m| m.id.as_str()).collect();
+    let inventory = Inventory::new(machines);
+    let mut rule_files = rules::Attachments::new(attachments);
     let mut wave_names = HashSet::new();
     let mut waves = Vec::new();
+    let mut planned = Vec::new();
+    let mut warnings = Problems::default();
     for raw_wave in raw.waves {
         let wave_span = raw_wave.span();
         let raw_wave = raw_wave.into_inner();
         let name = raw_wave.name.get_ref().clone();
         if !is_valid_name(&name) {
-            problems.push(locator.problem(
+            problems.at(
                 raw_wave.name.span(),
-                format!("wave name {name:?} must be 1-64 letters, digits, '-' or '_'"),
-            ));
+                format!(
+                    "wave name {:?} must be 1-64 letters, digits, '-' or '_'",
+                    shown(&name)
+                ),
+            );
         } else if !wave_names.insert(name.clone()) {
-            problems.push(locator.problem(
+            problems.at(
                 raw_wave.name.span(),
                 format!("wave {name} is defined twice"),
-            ));
+            );
         }
-        let scenario = match raw_wave
+        let name = shown(&name);
+        let planned_scenario = match raw_wave
             .scenario
             .as_ref()
             .map(|s| (s.get_ref().as_str(), s.span()))
         {
-            None | Some(("refresh", _)) => Scenario::Refresh,
-            Some(("replace", _)) => Scenario::Replace,
+            None | Some(("refresh", _)) => PlannedScenario::Refresh,
+            Some(("replace", _)) => PlannedScenario::Replace,
+            Some(("auto", _)) => PlannedScenario::Auto,
             Some((other, span)) => {
-                problems.push(locator.problem(
+                problems.at(
                     span,
-                    format!("unknown scenario {other:?}; expected \"refresh\" or \"replace\""),
-                ));
-                Scenario::Refresh
-            }
-        };
-        let max_in_flight = match raw_wave.max_in_flight {
-            None => 10,
-            Some(value) => match u32::try_from(*value.get_ref()) {
-                Ok(n) if n >= 1 => n,
-                _ => {
-                    problems.push(locator.problem(
-                        value.span(),
-                        format!("max_in_flight must be at least 1, got {}", value.get_ref()),
-                    ));
-                    1
-                }
-            },
-        };
-        let has_pairs = !raw_wave.pairs.is_empty();
-        let pairs = check_pairs(&locator, &name, raw_wave.pairs, &hostnames, &mut problems);
-        let select = match (scenario, raw_wave.select) {
-            (Scenario::Replace, Some(raw_select)) => {
-                problems.push(locator.problem(
-                    raw_select.span(),
                     format!(
-                        "wave {name}: a replace wave selects its machines with [[waves.pairs]], not [waves.select]"
+                        "unknown scenario {:?}; expected \"refresh\", \"replace\" or \"auto\"",
+                        shown(other)
                     ),
-                ));
-                continue;
+                );
+                PlannedScenario::Refresh
             }
-            (Scenario::Replace, None) => {
-                if !has_pairs {
-                    problems.push(locator.problem(
+        };
+        let max_in_flight = match &raw_wave.max_in_flight {
+            None => DEFAULT_MAX_IN_FLIGHT,
+            Some(value) => values::count(
+                &mut problems,
+                &format!("wave {name}: max_in_flight"),
+                value,
+                1,
+            )
+            .unwrap_or(1),
+        };
+        let wave_policy = policy::wave_policy(&mut problems, &name, &raw_wave);
+        let (mut capture, rules) = rules::capture(
+            &mut problems,
+            &mut warnings,
+            &name,
+            raw_wave.capture,
+            &mut rule_files,
+        );
+        capture.rules = rules.clone();
+        let has_pairs = !raw_wave.pairs.is_empty();
+        let pairs = check_pairs(&mut problems, &name, raw_wave.pairs, &inventory);
+        let (scenario, select) = match planned_scenario {
+            PlannedScenario::Replace => {
+                if let Some(raw_select) = &raw_wave.select {
+                    problems.at(
+                        raw_select.span(),
+                        format!(
+                            "wave {name}: a replace wave selects its machines with pairs, not [waves.select] (scenario = \"auto\" mixes both)"
+                        ),
+                    );
+                    (Scenario::Replace, None)
+                } else if !has_pairs {
+                    problems.at(
                         wave_span,
                         format!(
-                            "wave {name} is a replace wave with no [[waves.pairs]]: name each source and its destination"
+                            "wave {name} is a replace wave with no pairs: name each source and its destination"
                         ),
-                    ));
-                    continue;
-                }
-                Selector {
-                    hostnames: pairs.iter().map(|p| p.source.clone()).collect(),
-                    ..Selector::default()
+                    );
+                    (Scenario::Replace, None)
+                } else {
+                    (Scenario::Replace, Some(sources_selector(&pairs)))
                 }
             }
-            (Scenario::Refresh, raw_select) => {
+            PlannedScenario::Refresh => {
                 if has_pairs {
-                    problems.push(locator.problem(
+                    problems.at(
                         wave_span.clone(),
                         format!(
-                            "wave {name}: pairs are for replace waves; set scenario = \"replace\" or remove them"
+                            "wave {name}: pairs are for replace waves; set scenario = \"replace\" or \"auto\", or remove them"
                         ),
-                    ));
+                    );
                 }
-                let Some(raw_select) = raw_select else {
-                    problems.push(locator.problem(
-                        wave_span,
-                        format!("wave {name} has no [waves.select]: name the machines it moves"),
-                    ));
-                    continue;
-                };
-                match check_selector(&locator, &name, raw_select, &hostnames, &ids) {
-                    Ok(select) => select,
-                    Err(mut found) => {
-                        problems.append(&mut found);
-                        continue;
+                let select = match raw_wave.select {
+                    Some(raw_select) => {
+                        check_selector(&mut problems, &name, raw_select, &inventory).map(|s| s.0)
                     }
-                }
+                    None => {
+                        problems.at(
+                            wave_span,
+                            format!(
+                                "wave {name} has no [waves.select]: name the machines it moves"
+                            ),
+                        );
+                        None
+                    }
+                };
+                (Scenario::Refresh, select)
             }
+            PlannedScenario::Auto => scenario::auto_wave(
+                &mut problems,
+                &name,
+                wave_span,
+                raw_wave.select,
+                &pairs,
+                has_pairs,
+                &inventory,
+            ),
         };
+        let Some(select) = select else { continue };
+        // Only when every window is valid: a broken one would make the
+        // others look like they leave machines out.
+        if !raw_wave.windows.is_empty() && wave_policy.windows.len() == raw_wave.windows.len() {
+            policy::check_window_coverage(
+                &mut problems,
+                &name,
+                &wave_policy.windows,
+                raw_wave.windows.first().map_or(0..0, Spanned::span),
+                inventory.machines.iter().filter(|m| select.matches(m)),
+            );
+        }
         waves.push(WaveSpec {
-            name,
+            name: raw_wave.name.into_inner(),
             select,
             scenario,
             max_in_flight,
-            capture: raw_wave.capture,
+            capture,
             pairs,
-            policy: Default::default(),
+            policy: wave_policy,
+        });
+        planned.push(PlannedWave {
+            scenario: planned_scenario,
+            rules,
         });
     }
 
     if !problems.is_empty() {
-        return Err(problems);
+        return Err(problems.locate(source));
     }
-    Ok(Plan {
-        name: raw.name.into_inner(),
-        waves,
-        applied_ms: now_ms(),
-        source: source.to_string(),
-        policy: Default::default(),
+    Ok(ParsedPlan {
+        plan: Plan {
+            name: raw.name.into_inner(),
+            waves,
+            applied_ms: now_ms(),
+            source: source.to_string(),
+            policy: plan_policy,
+        },
+        waves: planned,
+        warnings: warnings.locate(source),
     })
 }
 
-/// Checks a refresh wave's selector against the enrolled machines.
-fn check_selector(
-    locator: &Locator<'_>,
-    name: &str,
-    raw_select: Spanned<RawSelector>,
-    hostnames: &HashSet<String>,
-    ids: &HashSet<&str>,
-) -> Result<Selector, Vec<Problem>> {
-    let mut problems = Vec::new();
-    let select_span = raw_select.span();
-    let raw_select = raw_select.into_inner();
-    for host in &raw_select.hostnames {
-        if !hostnames.contains(&host.get_ref().to_ascii_lowercase()) {
-            problems.push(locator.problem(
-                host.span(),
-                format!("machine {} is not enrolled", host.get_ref()),
-            ));
+/// The enrolled machines, indexed for the checks.
+struct Inventory<'a> {
+    machines: &'a [Machine],
+    hostnames: HashSet<String>,
+    ids: HashSet<&'a str>,
+}
+
+impl<'a> Inventory<'a> {
+    fn new(machines: &'a [Machine]) -> Self {
+        Self {
+            machines,
+            hostnames: machines
+                .iter()
+                .map(|m| m.inventory.hostname.to_ascii_lowercase())
+                .collect(),
+            ids: machines.iter().map(|m| m.id.as_str()).collect(),
         }
     }
-    for id in &raw_select.ids {
-        if !ids.contains(id.get_ref().as_str()) {
-            problems.push(locator.problem(
-                id.span(),
-                format!("machine id {} is not enrolled", id.get_ref()),
-            ));
+}
+
+/// A selector naming the sources of `pairs` by hostname.
+fn sources_selector(pairs: &[Association]) -> Selector {
+    Selector {
+        hostnames: pairs.iter().map(|p| p.source.clone()).collect(),
+        ..Selector::default()
+    }
+}
+
+/// Where a selector names machines explicitly: lowercase hostname or id to
+/// the span of its entry.
+type Named = BTreeMap<String, Range<usize>>;
+
+/// Checks a wave's selector against the enrolled machines. Returns the
+/// selector, the explicitly named machines (hostnames lowercased, ids as
+/// written) with their locations, and the selector's own location.
+fn check_selector(
+    problems: &mut Problems,
+    name: &str,
+    raw_select: Spanned<RawSelector>,
+    inventory: &Inventory<'_>,
+) -> Option<(Selector, Named, Range<usize>)> {
+    let before = problems.found.len();
+    let select_span = raw_select.span();
+    let raw_select = raw_select.into_inner();
+    let mut named = Named::new();
+    for host in &raw_select.hostnames {
+        let lower = host.get_ref().to_ascii_lowercase();
+        if !inventory.hostnames.contains(&lower) {
+            problems.at(
+                host.span(),
+                format!("machine {} is not enrolled", shown(host.get_ref())),
+            );
         }
+        named.entry(lower).or_insert(host.span());
+    }
+    for id in &raw_select.ids {
+        if !inventory.ids.contains(id.get_ref().as_str()) {
+            problems.at(
+                id.span(),
+                format!("machine id {} is not enrolled", shown(id.get_ref())),
+            );
+        }
+        named.entry(id.get_ref().clone()).or_insert(id.span());
     }
     let select = Selector {
         all: raw_select.all,
@@ -319,27 +531,22 @@ fn check_selector(
         labels: raw_select.labels,
     };
     if select.is_empty() {
-        problems.push(locator.problem(
-            select_span,
+        problems.at(
+            select_span.clone(),
             format!("wave {name} selects nothing: set all, ids, hostnames, sites or labels"),
-        ));
+        );
     }
-    if problems.is_empty() {
-        Ok(select)
-    } else {
-        Err(problems)
-    }
+    (problems.found.len() == before).then_some((select, named, select_span))
 }
 
-/// Checks a replace wave's computer associations: every source enrolled,
-/// no machine twice, never a machine onto itself. Destinations may enroll
-/// later (new hardware often arrives after the plan is written).
+/// Checks a wave's computer associations: every source enrolled, no machine
+/// twice, never a machine onto itself. Destinations may enroll later (new
+/// hardware often arrives after the plan is written).
 fn check_pairs(
-    locator: &Locator<'_>,
+    problems: &mut Problems,
     name: &str,
     raw_pairs: Vec<Spanned<RawPair>>,
-    hostnames: &HashSet<String>,
-    problems: &mut Vec<Problem>,
+    inventory: &Inventory<'_>,
 ) -> Vec<Association> {
     let mut seen = HashSet::new();
     let mut pairs = Vec::with_capacity(raw_pairs.len());
@@ -353,21 +560,24 @@ fn check_pairs(
             (&destination, raw.destination.span(), "destination"),
         ] {
             if host.is_empty() {
-                problems.push(locator.problem(span, format!("wave {name}: empty {role} hostname")));
+                problems.at(span, format!("wave {name}: empty {role} hostname"));
                 ok = false;
             } else if !seen.insert(host.to_ascii_lowercase()) {
-                problems.push(locator.problem(
+                problems.at(
                     span,
-                    format!("wave {name}: machine {host} appears in more than one pair"),
-                ));
+                    format!(
+                        "wave {name}: machine {} appears in more than one pair",
+                        shown(host)
+                    ),
+                );
                 ok = false;
             }
         }
-        if !source.is_empty() && !hostnames.contains(&source.to_ascii_lowercase()) {
-            problems.push(locator.problem(
+        if !source.is_empty() && !inventory.hostnames.contains(&source.to_ascii_lowercase()) {
+            problems.at(
                 raw.source.span(),
-                format!("source machine {source} is not enrolled"),
-            ));
+                format!("source machine {} is not enrolled", shown(&source)),
+            );
             ok = false;
         }
         if ok {
@@ -381,147 +591,4 @@ fn check_pairs(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::Inventory;
-
-    fn machine(id: &str, host: &str) -> Machine {
-        Machine {
-            id: id.into(),
-            inventory: Inventory {
-                hostname: host.into(),
-                ..Inventory::default()
-            },
-            enrolled_ms: 0,
-        }
-    }
-
-    const GOOD: &str = r#"version = 1
-name = "pilot"
-
-[[waves]]
-name = "first"
-scenario = "refresh"
-max_in_flight = 2
-[waves.select]
-hostnames = ["PC-1", "pc-2"]
-"#;
-
-    #[test]
-    fn parses_a_good_plan() {
-        let plan = parse(GOOD, &[machine("a", "PC-1"), machine("b", "PC-2")]).unwrap();
-        assert_eq!(plan.name, "pilot");
-        assert_eq!(plan.waves.len(), 1);
-        assert_eq!(plan.waves[0].max_in_flight, 2);
-        assert_eq!(plan.waves[0].scenario, Scenario::Refresh);
-    }
-
-    #[test]
-    fn unknown_hostname_is_reported_with_its_location() {
-        let problems = parse(GOOD, &[machine("a", "PC-1")]).unwrap_err();
-        assert_eq!(problems.len(), 1);
-        assert_eq!(problems[0].message, "machine pc-2 is not enrolled");
-        assert_eq!((problems[0].line, problems[0].column), (9, 22));
-    }
-
-    #[test]
-    fn syntax_errors_name_line_and_column() {
-        let problems = parse("version = 1\nname = \n", &[]).unwrap_err();
-        assert_eq!(problems[0].line, 2, "{problems:?}");
-    }
-
-    #[test]
-    fn reports_every_problem() {
-        let source = r#"version = 2
-name = "bad name"
-[[waves]]
-name = "w"
-scenario = "teleport"
-max_in_flight = 0
-[waves.select]
-"#;
-        let problems = parse(source, &[]).unwrap_err();
-        let messages: Vec<_> = problems.iter().map(|p| p.message.as_str()).collect();
-        assert_eq!(problems.len(), 5, "{messages:?}");
-        assert!(messages[0].contains("unsupported plan version 2"));
-        assert!(messages.iter().any(|m| m.contains("teleport")));
-        assert!(messages.iter().any(|m| m.contains("selects nothing")));
-    }
-
-    const REPLACE: &str = r#"version = 1
-name = "swap"
-
-[[waves]]
-name = "lab"
-scenario = "replace"
-pairs = [
-  { source = "XP-1", destination = "W7-1" },
-  { source = "xp-2", destination = "W7-2" },
-]
-"#;
-
-    #[test]
-    fn parses_replace_pairs_and_selects_the_sources() {
-        let machines = [machine("a", "XP-1"), machine("b", "XP-2")];
-        let plan = parse(REPLACE, &machines).unwrap();
-        let wave = &plan.waves[0];
-        assert_eq!(wave.scenario, Scenario::Replace);
-        assert_eq!(wave.pairs.len(), 2);
-        assert_eq!(wave.pairs[1].destination, "W7-2");
-        assert!(wave.select.matches(&machines[0]) && wave.select.matches(&machines[1]));
-    }
-
-    #[test]
-    fn replace_pairs_are_checked() {
-        let source = r#"version = 1
-name = "swap"
-[[waves]]
-name = "lab"
-scenario = "replace"
-pairs = [
-  { source = "XP-1", destination = "XP-1" },
-  { source = "XP-9", destination = "W7-9" },
-]
-[[waves]]
-name = "nopairs"
-scenario = "replace"
-"#;
-        let problems = parse(source, &[machine("a", "XP-1")]).unwrap_err();
-        let messages: Vec<_> = problems.iter().map(|p| p.message.as_str()).collect();
-        assert!(
-            messages
-                .iter()
-                .any(|m| m.contains("XP-1 appears in more than one pair")),
-            "{messages:?}"
-        );
-        assert!(
-            messages.iter().any(|m| m.contains("XP-9 is not enrolled")),
-            "{messages:?}"
-        );
-        assert!(
-            messages.iter().any(|m| m.contains("no [[waves.pairs]]")),
-            "{messages:?}"
-        );
-        assert_eq!(problems[1].line, 8, "{problems:?}");
-    }
-
-    #[test]
-    fn the_example_plan_is_valid() {
-        let source = include_str!("../../examples/plan.toml");
-        let machines: Vec<Machine> = ["PC-0001", "PC-0002", "PC-0003", "PC-0101", "PC-0102"]
-            .iter()
-            .map(|host| machine(host, host))
-            .collect();
-        let plan = parse(source, &machines).unwrap_or_else(|problems| {
-            panic!("examples/plan.toml: {problems:?}");
-        });
-        assert!(plan.waves.iter().any(|w| w.scenario == Scenario::Replace));
-    }
-
-    #[test]
-    fn unknown_fields_are_errors() {
-        let problems = parse("version = 1\nname = \"p\"\ncolour = 3\n", &[]).unwrap_err();
-        assert!(problems[0].message.contains("colour"), "{problems:?}");
-        assert_eq!(problems[0].line, 3);
-    }
-}
+mod tests;

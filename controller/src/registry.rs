@@ -4,7 +4,7 @@
 //! first (compare-and-swap on that revision) and only then here.
 
 use crate::model::{Job, Machine, Phase, Plan, Wave};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// A cached value and the store revision it corresponds to.
 #[derive(Debug, Clone)]
@@ -55,6 +55,21 @@ pub struct Registry {
     pub migration_keys: HashMap<String, [u8; 32]>,
     /// Why a pending job cannot start yet (e.g. no storage node has room).
     pub waiting: HashMap<String, String>,
+    /// Why a wave's pending jobs wait, wave-wide (its batch, its window of
+    /// jobs in flight, its budget), as the scheduler last decided.
+    pub wave_waiting: HashMap<String, String>,
+    /// Per wave, the pending jobs the scheduler gave a reason in `waiting`
+    /// (so it can take back the reasons that no longer hold).
+    pub waiting_by_wave: HashMap<String, HashSet<String>>,
+    /// Per wave, positions in `wave_jobs` of its queued jobs: pending and
+    /// never admitted. A scheduling pass reads them only as far as it admits.
+    pub queued: HashMap<String, BTreeSet<u32>>,
+    /// Per wave, positions in `wave_jobs` of its other jobs that are neither
+    /// done nor skipped: in flight, failed, or pending again for a retry.
+    /// With `queued`, what a pass walks, so finished jobs cost nothing.
+    pub active: HashMap<String, BTreeSet<u32>>,
+    /// Each job's position in its wave's `wave_jobs`.
+    pub positions: HashMap<String, u32>,
 }
 
 impl Registry {
@@ -76,10 +91,9 @@ impl Registry {
     /// Inserts or replaces a job, maintaining the indexes.
     pub fn put_job(&mut self, job: Job, revision: u64) {
         if !self.jobs.contains_key(&job.id) {
-            self.wave_jobs
-                .entry(job.wave.clone())
-                .or_default()
-                .push(job.id.clone());
+            let ids = self.wave_jobs.entry(job.wave.clone()).or_default();
+            self.positions.insert(job.id.clone(), ids.len() as u32);
+            ids.push(job.id.clone());
             self.machine_jobs
                 .entry(job.machine_id.clone())
                 .or_default()
@@ -94,6 +108,7 @@ impl Registry {
         if job.phase != Phase::Pending {
             self.waiting.remove(&job.id);
         }
+        self.track_live(&job);
         if job.phase.is_terminal() {
             self.progress.remove(&job.id);
         }
@@ -104,6 +119,53 @@ impl Registry {
                 revision,
             },
         );
+    }
+
+    /// Keeps [`Registry::queued`] and [`Registry::active`] in step with the
+    /// job's phase.
+    fn track_live(&mut self, job: &Job) {
+        let Some(&position) = self.positions.get(&job.id) else {
+            return;
+        };
+        let queued = job.phase == Phase::Pending && job.batch.is_none();
+        let active = !queued && !matches!(job.phase, Phase::Done | Phase::Skipped);
+        set_member(&mut self.queued, &job.wave, position, queued);
+        set_member(&mut self.active, &job.wave, position, active);
+    }
+
+    fn jobs_at<'a>(
+        &'a self,
+        wave: &str,
+        positions: Option<&'a BTreeSet<u32>>,
+    ) -> impl Iterator<Item = &'a Versioned<Job>> + 'a {
+        let ids = self.wave_jobs.get(wave);
+        positions
+            .into_iter()
+            .flatten()
+            .filter_map(move |position| ids?.get(*position as usize))
+            .filter_map(|id| self.jobs.get(id))
+    }
+
+    /// The wave's queued jobs (pending, never admitted), in admission order.
+    pub fn queued_jobs_of_wave<'a>(
+        &'a self,
+        wave: &str,
+    ) -> impl Iterator<Item = &'a Versioned<Job>> + 'a {
+        self.jobs_at(wave, self.queued.get(wave))
+    }
+
+    /// How many queued jobs the wave has.
+    pub fn queued_count(&self, wave: &str) -> u32 {
+        self.queued.get(wave).map_or(0, |set| set.len() as u32)
+    }
+
+    /// The wave's jobs in flight, failed, or pending again for a retry, in
+    /// admission order.
+    pub fn active_jobs_of_wave<'a>(
+        &'a self,
+        wave: &str,
+    ) -> impl Iterator<Item = &'a Versioned<Job>> + 'a {
+        self.jobs_at(wave, self.active.get(wave))
     }
 
     /// The machine's job that is not terminal, if any.
@@ -191,5 +253,21 @@ impl Registry {
     pub fn pending<'a>(&'a self, wave: &str) -> impl Iterator<Item = &'a Versioned<Job>> {
         self.jobs_of_wave(wave)
             .filter(|job| job.value.phase == Phase::Pending)
+    }
+}
+
+/// Adds `position` to (or removes it from) `wave`'s set in `map`.
+fn set_member(map: &mut HashMap<String, BTreeSet<u32>>, wave: &str, position: u32, member: bool) {
+    match map.get_mut(wave) {
+        Some(set) if member => {
+            set.insert(position);
+        }
+        Some(set) => {
+            set.remove(&position);
+        }
+        None if member => {
+            map.insert(wave.to_string(), BTreeSet::from([position]));
+        }
+        None => {}
     }
 }

@@ -96,6 +96,7 @@ impl Cluster {
         let request = PlanRequest {
             source: source.to_owned(),
             file_name: "test-plan.toml".to_owned(),
+            attachments: Default::default(),
         };
         expect_ok(
             self.controller().client().apply_plan(request).await,
@@ -229,6 +230,7 @@ impl Cluster {
         let request = WatchEventsRequest {
             wave: wave.to_owned(),
             replay: true,
+            stop_after_replay: true,
         };
         let mut stream = expect_ok(
             self.controller().client().watch_events(request).await,

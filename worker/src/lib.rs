@@ -18,6 +18,7 @@ pub mod offline;
 pub mod packed;
 pub mod refresh;
 pub mod replace;
+pub mod rules;
 pub mod telemetry;
 
 pub use error::{Error, Result};

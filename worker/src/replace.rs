@@ -237,6 +237,7 @@ async fn capture(
     selection.continue_on_error = ctx.capture.continue_on_error;
     selection.include_users = ctx.capture.user_include.clone();
     selection.exclude_users = ctx.capture.user_exclude.clone();
+    selection.selection = crate::rules::selection(&ctx.job_id, &ctx.capture.rules)?;
     selection.per_file_delay = ctx.fault_capture_delay;
     let options = packed::CaptureOptions {
         capture: selection,

@@ -19,7 +19,7 @@ pub async fn list(controller: &str, args: MachinesListArgs) -> anyhow::Result<Ex
         .await
         .map_err(|status| rpc_error(controller, "list machines", &status))?
         .into_inner();
-    if args.json {
+    if args.output.json {
         let document = output::machines_json(&machines);
         output::emit(&serde_json::to_string_pretty(&document)?)?;
     } else {

@@ -4,13 +4,14 @@ mod events;
 mod machines;
 mod plan;
 mod status;
+mod storage;
 mod wave;
 
 use std::process::ExitCode;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Cli, Command, MachinesCommand};
+use crate::cli::{Cli, Command, MachinesCommand, StorageCommand};
 
 /// Runs the parsed command line; `shutdown` is cancelled on Ctrl-C.
 pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
@@ -20,6 +21,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<ExitCo
         Command::Wave(command) => wave::run(&controller, command, &operator_actor()).await,
         Command::Status(args) => status::run(&controller, args).await,
         Command::Machines(MachinesCommand::List(args)) => machines::list(&controller, args).await,
+        Command::Storage(StorageCommand::List(args)) => storage::list(&controller, args).await,
         Command::Events(args) => events::run(&controller, args, shutdown).await,
         Command::Demo(args) => crate::demo::run(args, shutdown).await,
     }

@@ -18,7 +18,7 @@ pub async fn run(controller: &str, args: StatusArgs) -> anyhow::Result<ExitCode>
         .await
         .map_err(|status| rpc_error(controller, "get status", &status))?
         .into_inner();
-    if args.json {
+    if args.output.json {
         let document = output::status_json(&status, controller);
         output::emit(&serde_json::to_string_pretty(&document)?)?;
     } else {

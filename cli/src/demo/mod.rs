@@ -223,6 +223,7 @@ async fn drive(
     let request = PlanRequest {
         source: plan,
         file_name: plan_path.display().to_string(),
+        attachments: Default::default(),
     };
     let applied = client
         .apply_plan(request)

@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::lifecycle::Report;
 use crate::model::{self, Phase, Scenario};
-use crate::operations::{JobView, MachineView, WaveView};
+use crate::operations::{JobView, MachineView, RetryExclusion, StorageNodeView, WaveView};
 use crate::plan::Problem;
 use crate::registry::Progress;
 use fleetmig_proto::v1;
@@ -194,8 +194,29 @@ pub fn progress_from_wire(update: &v1::ProgressUpdate) -> Result<Progress> {
     })
 }
 
-/// The assignment sent to a worker for `job`.
-pub fn assignment_to_wire(job: &model::Job, heartbeat_ms: u32) -> v1::Assignment {
+/// Rule files a plan request may attach at most.
+pub const MAX_PLAN_ATTACHMENTS: usize = 64;
+
+/// The rule files attached to a plan request, checked for count (each
+/// file's size is checked with the plan, which names the file).
+pub fn attachments_from_wire(
+    attachments: std::collections::HashMap<String, String>,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    if attachments.len() > MAX_PLAN_ATTACHMENTS {
+        return Err(Error::InvalidArgument(format!(
+            "the plan request attaches {} files; at most {MAX_PLAN_ATTACHMENTS} rule files may be attached",
+            attachments.len()
+        )));
+    }
+    Ok(attachments.into_iter().collect())
+}
+
+/// The assignment sent to a worker for `job`, whose wave captures with `rules`.
+pub fn assignment_to_wire(
+    job: &model::Job,
+    rules: &[model::RuleFile],
+    heartbeat_ms: u32,
+) -> v1::Assignment {
     v1::Assignment {
         job_id: job.id.clone(),
         fence: job.fence,
@@ -208,6 +229,13 @@ pub fn assignment_to_wire(job: &model::Job, heartbeat_ms: u32) -> v1::Assignment
             user_include: job.capture_options.user_include.clone(),
             user_exclude: job.capture_options.user_exclude.clone(),
             continue_on_error: job.capture_options.continue_on_error,
+            rules: rules
+                .iter()
+                .map(|file| v1::RuleFile {
+                    name: file.name.clone(),
+                    xml: file.xml.clone(),
+                })
+                .collect(),
         }),
         // Filled by the worker adapter, which holds the keys.
         replace: None,
@@ -216,17 +244,61 @@ pub fn assignment_to_wire(job: &model::Job, heartbeat_ms: u32) -> v1::Assignment
 
 /// Wire summary of a wave.
 pub fn wave_to_wire(view: &WaveView) -> v1::WaveSummary {
+    let wave = &view.wave;
     v1::WaveSummary {
-        name: view.wave.spec.name.clone(),
-        plan: view.wave.plan.clone(),
-        state: view.wave.state.name().into(),
-        machines: view.wave.machines,
-        max_in_flight: view.wave.spec.max_in_flight,
+        name: wave.spec.name.clone(),
+        plan: wave.plan.clone(),
+        state: wave.state.name().into(),
+        machines: wave.machines,
+        max_in_flight: wave.spec.max_in_flight,
         phase_counts: view
             .phase_counts
             .iter()
             .map(|(k, v)| ((*k).to_string(), *v))
             .collect(),
+        batch_index: wave.batch.index,
+        batch_count: view.batch_count.unwrap_or(0),
+        batch_promoted: wave.batch.promoted,
+        batch_opened_unix_ms: wave.batch.opened_ms,
+        halt_reason: wave.halt_reason.clone().unwrap_or_default(),
+        budget_tolerated: view.budget_tolerated,
+        budget_used: view.budget_used,
+        paused_ms: view.paused_ms,
+        retry_of: wave.retry_of.clone().unwrap_or_default(),
+        started_unix_ms: wave.started_ms.unwrap_or_default(),
+        finished_unix_ms: wave.finished_ms.unwrap_or_default(),
+    }
+}
+
+/// Wire form of a machine `retry-failed` left out.
+pub fn exclusion_to_wire(exclusion: &RetryExclusion) -> v1::RetryExclusion {
+    v1::RetryExclusion {
+        machine_id: exclusion.machine_id.clone(),
+        hostname: exclusion.hostname.clone(),
+        reason: exclusion.reason.clone(),
+    }
+}
+
+/// Wire status of a storage node.
+pub fn node_to_wire(view: &StorageNodeView) -> v1::StorageNodeStatus {
+    let capacity = view.capacity.clone().unwrap_or_default();
+    v1::StorageNodeStatus {
+        node_id: view.node.id.clone(),
+        endpoint: view.node.endpoint.clone(),
+        site: view.node.site.clone(),
+        registered_unix_ms: view.node.registered_ms,
+        reported: view.capacity.is_some(),
+        total_bytes: capacity.total_bytes,
+        free_bytes: capacity.free_bytes,
+        reserved_bytes: capacity.reserved_bytes,
+        available_bytes: capacity.available_bytes,
+        stored_bytes: capacity.stored_bytes,
+        active_sessions: capacity.active_sessions,
+        accepting_captures: capacity.accepting_captures,
+        migrations: capacity.migrations,
+        reported_unix_ms: capacity.reported_ms,
+        report_age_ms: view.report_age_ms.unwrap_or(0),
+        placed_jobs: view.placed_jobs,
     }
 }
 
@@ -282,6 +354,10 @@ pub fn job_to_wire(view: &JobView) -> v1::JobStatus {
             .map(|p| p.node_id.clone())
             .unwrap_or_default(),
         waiting: view.waiting.clone().unwrap_or_default(),
+        skip_reason: job.skip_reason.clone().unwrap_or_default(),
+        batch: job.batch,
+        phase_since_unix_ms: job.phase_since_ms,
+        not_before_unix_ms: job.not_before_ms.unwrap_or_default(),
     }
 }
 

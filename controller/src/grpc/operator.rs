@@ -54,13 +54,23 @@ impl OperatorService for OperatorApi {
         request: Request<v1::PlanRequest>,
     ) -> Result<Response<v1::ValidatePlanResponse>, Status> {
         let request = request.into_inner();
+        let attachments = convert::attachments_from_wire(request.attachments)?;
         Ok(Response::new(
-            match self.controller.validate_plan(&request.source) {
-                Ok(plan) => v1::ValidatePlanResponse {
+            match self
+                .controller
+                .validate_plan_with(&request.source, &attachments)
+            {
+                Ok(parsed) => v1::ValidatePlanResponse {
                     valid: true,
                     problems: Vec::new(),
-                    plan: plan.name,
-                    waves: plan
+                    warnings: parsed
+                        .warnings
+                        .iter()
+                        .map(convert::problem_to_wire)
+                        .collect(),
+                    plan: parsed.plan.name,
+                    waves: parsed
+                        .plan
                         .waves
                         .iter()
                         .map(|spec| v1::WaveSummary {
@@ -74,8 +84,7 @@ impl OperatorService for OperatorApi {
                 Err(problems) => v1::ValidatePlanResponse {
                     valid: false,
                     problems: problems.iter().map(convert::problem_to_wire).collect(),
-                    plan: String::new(),
-                    waves: Vec::new(),
+                    ..v1::ValidatePlanResponse::default()
                 },
             },
         ))
@@ -86,18 +95,30 @@ impl OperatorService for OperatorApi {
         request: Request<v1::PlanRequest>,
     ) -> Result<Response<v1::ApplyPlanResponse>, Status> {
         let request = request.into_inner();
-        let plan = self
+        let attachments = convert::attachments_from_wire(request.attachments)?;
+        let parsed = self
             .controller
-            .apply_plan(&request.source, &request.file_name, &actor("cli"))
+            .apply_plan_with(
+                &request.source,
+                &request.file_name,
+                &actor("cli"),
+                &attachments,
+            )
             .await?;
-        let waves = plan
+        let waves = parsed
+            .plan
             .waves
             .iter()
             .map(|spec| self.wave_summary(&spec.name))
             .collect::<Result<_, _>>()?;
         Ok(Response::new(v1::ApplyPlanResponse {
-            plan: plan.name,
+            plan: parsed.plan.name,
             waves,
+            warnings: parsed
+                .warnings
+                .iter()
+                .map(convert::problem_to_wire)
+                .collect(),
         }))
     }
 
@@ -147,6 +168,52 @@ impl OperatorService for OperatorApi {
             .abort_wave(&request.wave, &actor(&request.actor))
             .await;
         self.wave_response(wave)
+    }
+
+    async fn promote_wave(
+        &self,
+        request: Request<v1::WaveRequest>,
+    ) -> Result<Response<v1::WaveResponse>, Status> {
+        let request = request.into_inner();
+        let wave = self
+            .controller
+            .promote_wave(&request.wave, &actor(&request.actor))
+            .await;
+        self.wave_response(wave)
+    }
+
+    async fn retry_failed(
+        &self,
+        request: Request<v1::RetryFailedRequest>,
+    ) -> Result<Response<v1::RetryFailedResponse>, Status> {
+        let request = request.into_inner();
+        let retry = self
+            .controller
+            .retry_failed(&request.wave, &actor(&request.actor), request.start)
+            .await?;
+        Ok(Response::new(v1::RetryFailedResponse {
+            wave: Some(self.wave_summary(&retry.wave.spec.name)?),
+            hostnames: retry.hostnames,
+            excluded: retry
+                .excluded
+                .iter()
+                .map(convert::exclusion_to_wire)
+                .collect(),
+        }))
+    }
+
+    async fn list_storage_nodes(
+        &self,
+        _request: Request<v1::ListStorageNodesRequest>,
+    ) -> Result<Response<v1::ListStorageNodesResponse>, Status> {
+        Ok(Response::new(v1::ListStorageNodesResponse {
+            nodes: self
+                .controller
+                .storage_node_views()
+                .iter()
+                .map(convert::node_to_wire)
+                .collect(),
+        }))
     }
 
     async fn get_status(
@@ -200,6 +267,7 @@ impl OperatorService for OperatorApi {
         } else {
             Vec::new()
         };
+        let stop_after_replay = request.replay && request.stop_after_replay;
         let (sender, receiver) = tokio::sync::mpsc::channel(256);
         tokio::spawn(async move {
             let mut last_seq = 0;
@@ -212,6 +280,9 @@ impl OperatorService for OperatorApi {
                 {
                     return;
                 }
+            }
+            if stop_after_replay {
+                return;
             }
             loop {
                 let event = match live.recv().await {

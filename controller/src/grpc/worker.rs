@@ -55,7 +55,8 @@ impl WorkerService for WorkerApi {
         Ok(Response::new(v1::CheckInResponse {
             next_checkin_ms: reply.next_checkin.as_millis() as u32,
             assignment: reply.assignment.as_ref().map(|job| {
-                let mut assignment = convert::assignment_to_wire(job, heartbeat);
+                let rules = self.controller.capture_rules(job);
+                let mut assignment = convert::assignment_to_wire(job, &rules, heartbeat);
                 assignment.replace = self.controller.replace_transfer(job, &request.machine_id);
                 assignment
             }),

@@ -183,6 +183,25 @@ pub struct Deadlines {
     pub verifying_ms: Option<u64>,
 }
 
+impl Deadlines {
+    /// The limit on a job's time in `phase` (`replace`: a replace job), if
+    /// any. A replace job's `Captured` phase is its wait for the destination
+    /// and counts as restoring; `Reimaging` is bounded by `restoring_ms` too
+    /// (the machine is away until it restores), but a job past it while
+    /// reimaging is only flagged, never failed.
+    pub fn for_phase(&self, phase: crate::model::Phase, replace: bool) -> Option<u64> {
+        use crate::model::Phase;
+        match phase {
+            Phase::Assigned => self.assigned_ms,
+            Phase::Capturing => self.capturing_ms,
+            Phase::Captured if replace => self.restoring_ms,
+            Phase::Reimaging | Phase::Restoring => self.restoring_ms,
+            Phase::Verifying => self.verifying_ms,
+            _ => None,
+        }
+    }
+}
+
 /// Retries of retryable failures, with exponential backoff.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]

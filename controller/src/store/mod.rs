@@ -16,9 +16,29 @@
 //! equality of revisions, never on their absolute values: an etcd cluster starts at revision 1
 //! and other etcd clients move it too.
 //!
-//! [`embedded::EmbeddedStore`] keeps everything in a local redb file.
+//! [`embedded::EmbeddedStore`] keeps everything in a local redb file; [`etcd::EtcdStore`] keeps
+//! it in an etcd cluster, shared by several controllers.
+//!
+//! # Leadership guards
+//!
+//! With several controllers on one etcd cluster, the leader elected through
+//! [`crate::leader`] makes every write conditional on still being the leader:
+//! [`Txn::when_leader`] adds a [`LeaderGuard`] that holds only while the leader key still exists
+//! with the create revision it had when the controller was elected. A deposed leader's guarded
+//! writes fail with an error, never with a [`TxnOutcome::Conflict`], so that nobody retries them.
+//!
+//! # Watches
+//!
+//! [`Store::watch`] streams the changes under a prefix, one [`WatchUpdate::Changes`] per
+//! committed revision, so that follower controllers keep their in-memory state current. A
+//! watch that falls behind the store's compaction ends with [`WatchUpdate::Compacted`]; the
+//! follower then reloads everything ([`etcd::EtcdStore::follow`] does all of this).
 
 pub mod embedded;
+pub mod etcd;
+
+#[cfg(test)]
+pub(crate) mod conformance;
 
 use std::collections::HashSet;
 
@@ -87,6 +107,31 @@ impl Op {
     }
 }
 
+/// "This controller is still the leader": the election key `key` exists and still has the
+/// create revision it had when this controller won the election.
+///
+/// A leader key's create revision is unique to one term of leadership (a new leader's key is
+/// created later, at a higher revision), which makes it the fencing epoch of that term; see
+/// [`crate::leader::Leadership::guard`].
+///
+/// `key` is the full etcd key returned by the election, not a key relative to the store's
+/// prefix.
+///
+/// Backends:
+/// - [`etcd::EtcdStore`] adds `create_revision(key) == create_revision` to the etcd
+///   transaction's compares, so the check and the writes are one atomic step; when it fails the
+///   transaction returns [`Error::StoreUnavailable`] naming the lost leadership.
+/// - [`embedded::EmbeddedStore`] treats every guard as holding. It has no elections: redb locks
+///   its file, so exactly one controller process uses it, and that process is trivially the only
+///   leader there will ever be.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LeaderGuard {
+    /// The leader's election key (full etcd key).
+    pub key: String,
+    /// The create revision the election key must still have.
+    pub create_revision: u64,
+}
+
 /// A conditional, atomic batch of operations.
 ///
 /// Build one with [`Txn::new`] and the chaining helpers:
@@ -108,6 +153,9 @@ pub struct Txn {
     pub compares: Vec<Compare>,
     /// Operations applied, all at one revision, when every compare holds.
     pub ops: Vec<Op>,
+    /// If set, the transaction also requires this leadership to still hold; see
+    /// [`LeaderGuard`] for what each backend does with it.
+    pub guard: Option<LeaderGuard>,
 }
 
 impl Txn {
@@ -130,6 +178,13 @@ impl Txn {
         self.when_revision(key, 0)
     }
 
+    /// Require the leadership `guard` to still hold (checked before the compares); replaces any
+    /// guard set before.
+    pub fn when_leader(mut self, guard: LeaderGuard) -> Self {
+        self.guard = Some(guard);
+        self
+    }
+
     /// Put `value` at `key` if the compares hold.
     pub fn put(mut self, key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
         self.ops.push(Op::Put {
@@ -148,6 +203,15 @@ impl Txn {
     /// Check the rules every backend enforces: no empty key, no key touched twice by the
     /// operations (etcd refuses both).
     pub fn validate(&self) -> Result<()> {
+        if self
+            .guard
+            .as_ref()
+            .is_some_and(|guard| guard.key.is_empty())
+        {
+            return Err(Error::InvalidArgument(
+                "store transaction is guarded by an empty leader key".to_owned(),
+            ));
+        }
         if self.compares.iter().any(|compare| compare.key().is_empty()) {
             return Err(Error::InvalidArgument(
                 "store transaction compares an empty key".to_owned(),
@@ -194,6 +258,53 @@ impl TxnOutcome {
     }
 }
 
+/// One change a watch reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// The key was created or overwritten; the value carries the new revisions.
+    Put(KeyValue),
+    /// The key was deleted.
+    Delete {
+        /// The deleted key (relative to the store, like every key).
+        key: String,
+    },
+}
+
+impl WatchEvent {
+    /// The key this event is about.
+    pub fn key(&self) -> &str {
+        match self {
+            WatchEvent::Put(kv) => &kv.key,
+            WatchEvent::Delete { key } => key,
+        }
+    }
+}
+
+/// What a watch stream yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchUpdate {
+    /// Every change one transaction made under the watched prefix, in the order the transaction
+    /// listed them. Revisions strictly increase from one `Changes` to the next.
+    Changes {
+        /// The revision the transaction committed at.
+        revision: u64,
+        /// Its changes under the prefix (never empty).
+        events: Vec<WatchEvent>,
+    },
+    /// The store has compacted away the history the watch needed (changes up to
+    /// `compact_revision` are gone). The stream ends after this: the watcher must reload a
+    /// snapshot and watch again from there.
+    Compacted {
+        /// The oldest revision the store still has history for.
+        compact_revision: u64,
+    },
+}
+
+/// A stream of [`WatchUpdate`]s. It ends after [`WatchUpdate::Compacted`] or an error; dropping
+/// it cancels the watch.
+pub type WatchStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<WatchUpdate>> + Send + 'static>>;
+
 /// The controller's key-value store, with etcd semantics.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -210,6 +321,17 @@ pub trait Store: Send + Sync + 'static {
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome>;
     /// The store's current revision.
     async fn revision(&self) -> Result<u64>;
+    /// Stream the changes under `prefix` committed at `start_revision` or later (0: from the
+    /// next commit on).
+    ///
+    /// Backends that serve a single controller (the embedded store) have nobody to tell and
+    /// return [`Error::InvalidArgument`]: the default.
+    async fn watch(&self, prefix: &str, start_revision: u64) -> Result<WatchStream> {
+        let _ = (prefix, start_revision);
+        Err(Error::InvalidArgument(
+            "this store backend does not support watches".to_owned(),
+        ))
+    }
 }
 
 /// A store shared by every part of the controller.
