@@ -6,3 +6,4 @@
 mod recovery;
 mod refresh;
 mod replace;
+mod waves;

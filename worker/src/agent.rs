@@ -37,6 +37,8 @@ pub struct JobContext {
     pub progress: watch::Sender<Snapshot>,
     /// Fault injection: delay after each captured file.
     pub fault_capture_delay: Option<Duration>,
+    /// Fault injection: files with this name fail to capture as unreadable.
+    pub fault_unreadable_name: Option<String>,
     /// Cancelled when the worker shuts down.
     pub shutdown: CancellationToken,
 }
@@ -254,6 +256,7 @@ impl Agent {
                 .config
                 .fault_capture_delay_ms
                 .map(Duration::from_millis),
+            fault_unreadable_name: self.config.fault_unreadable_name.clone(),
             shutdown: self.shutdown.clone(),
         };
         let stop_heartbeat = self.shutdown.child_token();

@@ -61,6 +61,10 @@ pub struct AgentConfig {
     /// FAULT INJECTION FOR TESTS: sleep this many ms after each captured file.
     #[arg(long, hide = true)]
     pub fault_capture_delay_ms: Option<u64>,
+    /// FAULT INJECTION FOR TESTS: captures fail on files with this exact name as if they were
+    /// unreadable (tests run as root, which reads even mode-000 files).
+    #[arg(long, hide = true)]
+    pub fault_unreadable_name: Option<String>,
 }
 
 /// Simulation tools.

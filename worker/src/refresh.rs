@@ -142,6 +142,7 @@ async fn capture(ctx: &JobContext, root: &std::path::Path, store: &std::path::Pa
     options.exclude_users = ctx.capture.user_exclude.clone();
     options.selection = crate::rules::selection(&ctx.job_id, &ctx.capture.rules)?;
     options.per_file_delay = ctx.fault_capture_delay;
+    options.fault_unreadable_name = ctx.fault_unreadable_name.clone();
     let sink = WatchSink::new(ctx.progress.clone());
     let (machine_root, store_dir) = (root.to_path_buf(), store.to_path_buf());
     let report = blocking(move || {

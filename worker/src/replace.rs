@@ -239,6 +239,7 @@ async fn capture(
     selection.exclude_users = ctx.capture.user_exclude.clone();
     selection.selection = crate::rules::selection(&ctx.job_id, &ctx.capture.rules)?;
     selection.per_file_delay = ctx.fault_capture_delay;
+    selection.fault_unreadable_name = ctx.fault_unreadable_name.clone();
     let options = packed::CaptureOptions {
         capture: selection,
         cache: Some(ctx.state.dir().join(CACHE_FILE)),
@@ -520,6 +521,7 @@ mod tests {
             replace,
             progress: tokio::sync::watch::channel(Snapshot::default()).0,
             fault_capture_delay: None,
+            fault_unreadable_name: None,
             shutdown: CancellationToken::new(),
         }
     }

@@ -502,9 +502,12 @@ impl Walker<'_> {
                     subdirs.push(rel);
                 }
                 FileType::RegularFile => {
-                    if let Err(error) =
+                    let linked = if self.opts.fault_unreadable_name.as_deref() == Some(name_str) {
+                        Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+                    } else {
                         (self.linker)(dir.source.as_fd(), name, dir.store.as_fd(), name)
-                    {
+                    };
+                    if let Err(error) = linked {
                         let error = Error::Io {
                             path: dir.source_path.join(name_str),
                             source: error,

@@ -50,6 +50,9 @@ pub struct CaptureOptions {
     /// FOR FAULT-INJECTION TESTING ONLY: sleep this long after each linked file, so a test can
     /// kill a worker in the middle of a capture.
     pub per_file_delay: Option<Duration>,
+    /// FOR FAULT-INJECTION TESTING ONLY: files with exactly this name fail as if they could
+    /// not be read (permission denied). Tests run as root, which reads even mode-000 files.
+    pub fault_unreadable_name: Option<String>,
 }
 
 impl CaptureOptions {

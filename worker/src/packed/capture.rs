@@ -186,6 +186,7 @@ pub fn capture(
     let config = PipelineConfig {
         continue_on_error: opts.capture.continue_on_error,
         per_file_delay: opts.capture.per_file_delay,
+        fault_unreadable_name: opts.capture.fault_unreadable_name.clone(),
         ..opts.pipeline.clone()
     };
     let (results, pipeline_stats) = pipeline::run(

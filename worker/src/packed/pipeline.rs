@@ -53,6 +53,9 @@ pub struct PipelineConfig {
     pub continue_on_error: bool,
     /// FAULT INJECTION FOR TESTS: sleep this long after each file read.
     pub per_file_delay: Option<Duration>,
+    /// FAULT INJECTION FOR TESTS: files with exactly this name fail to open (permission
+    /// denied), as an unreadable file would for a non-root worker.
+    pub fault_unreadable_name: Option<String>,
 }
 
 impl Default for PipelineConfig {
@@ -67,6 +70,7 @@ impl Default for PipelineConfig {
             batch_wait: Duration::from_millis(20),
             continue_on_error: false,
             per_file_delay: None,
+            fault_unreadable_name: None,
         }
     }
 }
@@ -249,7 +253,20 @@ fn reader(
             return;
         };
         let emit = |cut: Cut| events.send(Event::Chunk(cut)).is_ok();
-        let event = match read_file(file, fleet, budget, emit) {
+        let unreadable = config
+            .fault_unreadable_name
+            .as_deref()
+            .is_some_and(|name| file.path.file_name().is_some_and(|n| n == name));
+        let read = if unreadable {
+            Err(fleetmig_state::Error::Io {
+                path: file.path.clone(),
+                source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            }
+            .into())
+        } else {
+            read_file(file, fleet, budget, emit)
+        };
+        let event = match read {
             Ok(Some(read)) => {
                 ticker.file_done(read.size, &file.user);
                 Event::Done(file.index, read)
