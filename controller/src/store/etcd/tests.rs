@@ -459,7 +459,7 @@ async fn guarded_transactions_need_the_leader_key() {
         .put("jobs/1", b"c".to_vec());
     let error = store.txn(txn).await.unwrap_err();
     assert!(is_lost_leadership(&error), "{error:?}");
-    assert!(matches!(error, Error::StoreUnavailable(_)));
+    assert!(matches!(error, Error::NotLeader { .. }), "{error:?}");
     assert_eq!(store.get("jobs/1").await.unwrap().unwrap().value, b"a");
 }
 
