@@ -15,7 +15,9 @@
 //! - a job past its phase's deadline (paused time left out) fails
 //!   retryably, except while reimaging, where it is only flagged;
 //! - a retryable failure before anything was sealed goes back to pending
-//!   after a backoff while attempts remain;
+//!   after a backoff while attempts remain (also in a halted wave, where it
+//!   then waits); such a failure never counts against a budget, whatever
+//!   the wave's state, so a halt cannot turn it into an overshoot;
 //! - the next batch opens only when the current one is over and met its
 //!   success criteria and bake time (or an operator promoted it).
 //!
@@ -193,30 +195,26 @@ pub fn decide<'a>(
     let mut view: Vec<JobFacts<'a>> = active.to_vec();
     let mut fresh = vec![false; view.len()];
     expire_deadlines(wave, &mut view, &mut fresh, load, now_ms, &mut decision);
-    match wave.state {
-        WaveState::Aborted => {
-            let pending = view.iter().copied().filter(|j| j.phase == Phase::Pending);
-            for job in pending.chain(queued) {
-                decision.skip.push(Skip {
-                    id: job.id,
-                    reason: "wave aborted before the job started".into(),
-                });
-            }
-            return decision;
+    if wave.state == WaveState::Aborted {
+        let pending = view.iter().copied().filter(|j| j.phase == Phase::Pending);
+        for job in pending.chain(queued) {
+            decision.skip.push(Skip {
+                id: job.id,
+                reason: "wave aborted before the job started".into(),
+            });
         }
-        WaveState::Halted => {
-            decision.wave_waiting = Some("wave halted".into());
-            return decision;
-        }
-        _ => {}
+        return decision;
     }
     retry_failures(wave, &mut view, &mut fresh, now_ms, &mut decision);
+    if wave.state == WaveState::Halted {
+        decision.wave_waiting = Some("wave halted".into());
+        return decision;
+    }
 
     let mut counts = Counts::of(wave, &view);
     counts.unadmitted += queued_count;
     if let Some(reason) = halt_reason(wave, &counts, load) {
         decision.halt = Some(reason);
-        decision.retry.clear();
         return decision;
     }
     let unfinished = queued_count > 0
@@ -259,7 +257,7 @@ pub fn decide<'a>(
 }
 
 /// Fails (or flags) in-flight jobs past their phase's deadline. Nothing
-/// expires while the wave is paused; paused time never counts.
+/// expires while the wave is paused; time paused before does not count.
 fn expire_deadlines<'a>(
     wave: &WaveFacts<'_>,
     view: &mut [JobFacts<'a>],
@@ -271,7 +269,10 @@ fn expire_deadlines<'a>(
     if wave.state == WaveState::Paused {
         return;
     }
-    let paused_ms = wave.paused.paused_ms(now);
+    // Closed pauses only: a pause left open on a wave no longer paused
+    // (halted or aborted meanwhile) would otherwise freeze its deadlines
+    // for good.
+    let paused_ms = wave.paused.total_ms;
     let deadlines = &wave.policy.deadlines;
     for (job, fresh) in view.iter_mut().zip(fresh.iter_mut()) {
         if !job.phase.is_in_flight() {

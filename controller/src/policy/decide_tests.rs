@@ -499,10 +499,10 @@ fn paused_time_does_not_count_toward_deadlines() {
     wave.state = WaveState::Paused;
     let (decision, _) = wave.decide(&jobs, NOW);
     assert!(decision.expire.is_empty(), "frozen while paused");
-    // A pause still open on a wave halted meanwhile keeps counting as paused.
+    // A pause left open on a wave halted meanwhile does not freeze it for good.
     wave.state = WaveState::Halted;
     let (decision, _) = wave.decide(&jobs, NOW);
-    assert!(decision.expire.is_empty(), "14 of 15 min were paused");
+    assert_eq!(decision.expire.len(), 1);
     wave.state = WaveState::Running;
     wave.paused = PauseClock {
         total_ms: 14 * MIN as u64,
@@ -641,4 +641,37 @@ fn the_queue_is_read_only_as_far_as_admissions_go() {
     drop(queued);
     assert_eq!(read, 3, "two admitted, one more to find the window full");
     assert!(!decision.complete, "the rest of the queue is still to run");
+}
+
+#[test]
+fn a_failure_with_a_retry_left_never_counts_even_when_the_wave_halts() {
+    let mut wave = Wave::new(4, 4);
+    wave.policy.error_budget = Some(Budget::Count(0));
+    wave.policy.retries.max_attempts = 2;
+    let mut jobs = pending(4);
+    jobs[0] = job(0, Phase::Failed);
+    jobs[0].failure = Some(FailureFacts {
+        phase: Phase::Capturing,
+        retryable: true,
+    });
+    jobs[1] = job(1, Phase::Capturing);
+    jobs[1].lost = true;
+    // The unreachable machine halts the wave; the retry still goes ahead.
+    let (decision, load) = wave.decide(&jobs, NOW);
+    assert_eq!(
+        decision.halt.as_deref(),
+        Some("wave error budget exhausted: 1 failures (0 failed, 1 unreachable), 0 tolerated")
+    );
+    assert_eq!(decision.retry.len(), 1);
+    assert_eq!(load.plan("p").failed, 0);
+    // A halted wave keeps retrying (the job then waits, pending).
+    wave.state = WaveState::Halted;
+    let (decision, _) = wave.decide(&jobs, NOW);
+    assert_eq!(decision.retry.len(), 1);
+    assert!(decision.admit.is_empty());
+    // An aborted wave retries nothing, and the failure still does not count.
+    wave.state = WaveState::Aborted;
+    let (decision, load) = wave.decide(&jobs, NOW);
+    assert!(decision.retry.is_empty());
+    assert_eq!(load.plan("p").failed, 0);
 }

@@ -227,21 +227,33 @@ pub fn retry_restarts_from(phase: Phase) -> bool {
     matches!(phase, Phase::Assigned | Phase::Capturing)
 }
 
-/// Whether the failed `job` goes back to pending for another attempt:
-/// its wave is running or paused, the failure is retryable, happened
-/// before anything was sealed, and attempts remain.
-pub fn will_retry(wave: &WaveFacts<'_>, job: &JobFacts<'_>) -> bool {
+/// Whether the failed `job` has a retry left under its wave's policy: the
+/// failure is retryable, happened before anything was sealed, and
+/// attempts remain. Such a failure never counts against a budget, in any
+/// state of the wave, so whether a failure counts never changes while it
+/// stands: that is what keeps `failed + in flight <= tolerated + 1`.
+pub fn retry_left(wave: &WaveFacts<'_>, job: &JobFacts<'_>) -> bool {
     job.phase == Phase::Failed
-        && matches!(wave.state, WaveState::Running | WaveState::Paused)
         && job
             .failure
             .is_some_and(|f| f.retryable && retry_restarts_from(f.phase))
         && job.attempt < wave.policy.retries.max_attempts
 }
 
-/// Whether `job` counts as a failure against budgets: failed for good (no
-/// retry coming) and not superseded by a later job of its machine.
+/// Whether the failed `job` goes back to pending for another attempt: it
+/// has a retry left and its wave is running, paused or halted (a halted
+/// wave's retried jobs wait, pending, for an operator to resume it; an
+/// aborted wave retries nothing).
+pub fn will_retry(wave: &WaveFacts<'_>, job: &JobFacts<'_>) -> bool {
+    matches!(
+        wave.state,
+        WaveState::Running | WaveState::Paused | WaveState::Halted
+    ) && retry_left(wave, job)
+}
+
+/// Whether `job` counts as a failure against budgets: failed with no
+/// retry left, and not superseded by a later job of its machine.
 /// Unreachable in-flight machines count too, separately ([`JobFacts::lost`]).
 pub fn counts_as_failure(wave: &WaveFacts<'_>, job: &JobFacts<'_>) -> bool {
-    job.phase == Phase::Failed && !job.superseded && !will_retry(wave, job)
+    job.phase == Phase::Failed && !job.superseded && !retry_left(wave, job)
 }

@@ -622,7 +622,7 @@ impl Sim {
                 .for_phase(job.phase, job.replace)
                 .unwrap();
             let raw = (now - job.phase_since) as u64;
-            let elapsed = raw - wave.paused.paused_ms(now).min(raw);
+            let elapsed = raw - wave.paused.total_ms.min(raw);
             prop_assert!(
                 elapsed > limit,
                 "deadline fired early: {elapsed} <= {limit}"
@@ -707,7 +707,13 @@ impl Sim {
         let now = self.now;
         if let Some(reason) = decision.halt {
             assert!(!reason.is_empty());
-            self.waves[w].state = WaveState::Halted;
+            // As the scheduler writes it: a pause in progress ends.
+            let wave = &mut self.waves[w];
+            wave.state = WaveState::Halted;
+            if let Some(since) = wave.paused.since_ms.take() {
+                wave.paused.total_ms += (now - since) as u64;
+                wave.resume_at = None;
+            }
         }
         if decision.complete {
             self.waves[w].state = WaveState::Completed;
@@ -1023,4 +1029,117 @@ fn a_failing_fleet_halts_at_its_budget_and_skips_the_rest() {
         27
     );
     assert_eq!(sim.waves[0].state, WaveState::Aborted);
+}
+
+/// Found by the property test: a deadline failure with a retry left was
+/// not counted when a second job was admitted, then counted once an
+/// unreachable machine halted the wave (one failure over `T + 1`).
+#[test]
+fn a_halt_never_turns_a_retryable_failure_into_an_overshoot() {
+    let caps = Caps {
+        per_site: Some(2),
+        per_storage_node: None,
+    };
+    let base = WavePolicy {
+        caps,
+        estimated_duration_ms: 30 * MIN as u64,
+        ..WavePolicy::default()
+    };
+    let lyon_mornings = MaintenanceWindow {
+        times: WindowTimes::Weekly {
+            days: vec![1, 6],
+            start_minute: 480,
+            end_minute: 780,
+        },
+        time_zone: "Asia/Kolkata".into(),
+        sites: vec!["lyon".into()],
+        labels: BTreeMap::new(),
+    };
+    let first = WavePolicy {
+        batches: Batches::Ramp(vec![BatchSize::Count(3)]),
+        error_budget: Some(Budget::Percent(0)),
+        success: SuccessCriteria {
+            advance: Advance::Manual,
+            ..SuccessCriteria::default()
+        },
+        windows: vec![lyon_mornings],
+        retries: Retries {
+            max_attempts: 2,
+            backoff_ms: 2_460_000,
+            max_backoff_ms: 9_840_000,
+        },
+        ..base.clone()
+    };
+    let second = WavePolicy {
+        batches: Batches::Ramp(vec![BatchSize::Percent(72)]),
+        error_budget: Some(Budget::Count(0)),
+        deadlines: Deadlines {
+            capturing_ms: Some(15_000_000),
+            ..Deadlines::default()
+        },
+        retries: Retries {
+            max_attempts: 2,
+            backoff_ms: 300_000,
+            max_backoff_ms: 1_200_000,
+        },
+        ..base
+    };
+    let setup = Setup {
+        machines: 11,
+        replace_percent: 85,
+        waves: vec![(first, 1), (second, 1)],
+        plan: PlanPolicy {
+            error_budget: None,
+            max_in_flight: Some(3),
+        },
+        behaviour: Behaviour {
+            fail: 18,
+            retryable: 34,
+            lost: 4,
+            hang: 10,
+        },
+        seed: 17_991_240_543_462_431_381,
+    };
+    simulate(&setup).unwrap();
+}
+
+/// Found by the property test: a wave halted while paused kept its pause
+/// open, which froze its deadlines for good and left a hung job running.
+#[test]
+fn a_wave_halted_while_paused_still_ends_its_hung_jobs() {
+    let policy = |count: u32, verifying: Option<u64>| WavePolicy {
+        batches: Batches::Each(BatchSize::Count(count)),
+        caps: Caps {
+            per_site: Some(4),
+            per_storage_node: Some(2),
+        },
+        estimated_duration_ms: 30 * MIN as u64,
+        deadlines: Deadlines {
+            verifying_ms: verifying,
+            ..Deadlines::default()
+        },
+        retries: Retries {
+            max_attempts: 1,
+            backoff_ms: 300_000,
+            max_backoff_ms: 1_200_000,
+        },
+        ..WavePolicy::default()
+    };
+    let setup = Setup {
+        machines: 9,
+        replace_percent: 0,
+        waves: vec![(policy(3, Some(5_400_000)), 1), (policy(2, None), 1)],
+        plan: PlanPolicy {
+            error_budget: Some(Budget::Percent(22)),
+            max_in_flight: None,
+        },
+        behaviour: Behaviour {
+            fail: 2,
+            retryable: 0,
+            lost: 1,
+            hang: 1,
+        },
+        seed: 8_680_394_446_468_129_095,
+    };
+    simulate(&setup).unwrap();
 }

@@ -211,11 +211,18 @@ impl<'a> Windows<'a> {
                 .iter()
                 .map(|window| Compiled {
                     window,
-                    intervals: open_intervals(window, now_ms - LOOKBACK_MS, to).map_err(|err| {
-                        match err {
-                            Error::InvalidArgument(why) => why,
-                            other => other.to_string(),
-                        }
+                    // A date range is kept whole, so a far opening is still shown.
+                    intervals: open_intervals(
+                        window,
+                        now_ms - LOOKBACK_MS,
+                        match window.times {
+                            WindowTimes::Range { to_ms, .. } => to.max(to_ms),
+                            WindowTimes::Weekly { .. } => to,
+                        },
+                    )
+                    .map_err(|err| match err {
+                        Error::InvalidArgument(why) => why,
+                        other => other.to_string(),
                     }),
                 })
                 .collect(),

@@ -131,6 +131,26 @@ fn explicit_ranges() {
 }
 
 #[test]
+fn a_range_weeks_ahead_is_shown_as_the_next_opening() {
+    let from = at("2026-12-01T20:00", PARIS);
+    let windows = [MaintenanceWindow {
+        times: WindowTimes::Range {
+            from_ms: from,
+            to_ms: from + 10 * HOUR as i64,
+        },
+        time_zone: PARIS.into(),
+        sites: vec![],
+        labels: BTreeMap::new(),
+    }];
+    let now = at("2026-11-01T12:00", PARIS);
+    let compiled = Windows::compile(&windows, now, HOUR);
+    assert_eq!(
+        compiled.verdict("x", &BTreeMap::new(), now, HOUR),
+        Verdict::Until(from, PARIS)
+    );
+}
+
+#[test]
 fn back_to_back_days_merge_so_long_jobs_fit() {
     // Every day, midnight to midnight: always open; a three-day job fits.
     let w = weekly(&[0, 1, 2, 3, 4, 5, 6], "00:00", "00:00", "UTC");

@@ -288,6 +288,12 @@ fn into_work(
         let mut next = wave.value.clone();
         next.state = WaveState::Halted;
         next.halt_reason = Some(reason.clone());
+        // A paused wave that halts is no longer paused: close the pause so
+        // its deadlines run again (they resume when the wave does).
+        if let Some(since) = next.paused.since_ms.take() {
+            let span = now.saturating_sub(since).max(0) as u64;
+            next.paused.total_ms = next.paused.total_ms.saturating_add(span);
+        }
         let event = wave_event(&next, "wave.halted", reason, now);
         next_wave = Some((next, event));
     } else if decision.complete {
