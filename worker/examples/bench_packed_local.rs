@@ -11,13 +11,18 @@
 
 #![allow(clippy::print_stdout)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use fleetmig_format::{FleetKey, MigrationKey};
 use fleetmig_state::{GenOptions, NoProgress};
 use fleetmig_worker::packed::{self, DirStore, Keys};
+
+#[path = "support/mod.rs"]
+mod support;
+
+use support::{add_text, du_bytes};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -43,7 +48,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             hostname: Some("BENCH-PC".into()),
         };
         let generated = fleetmig_state::generate_machine(&root, &opts)?;
-        add_text(&root, &generated.users[0], extra_mib)?;
+        add_text(
+            &root,
+            &generated.users[0],
+            extra_mib as u64 * 1024 * 1024,
+            0,
+        )?;
         println!(
             "generated {} files, {} MB (+{extra_mib} MiB of text) in {:.1}s",
             generated.files,
@@ -237,53 +247,4 @@ impl packed::ChunkUpload for NullUpload {
     fn finish(self: Box<Self>) -> fleetmig_worker::Result<packed::UploadStats> {
         Ok(packed::UploadStats::default())
     }
-}
-
-/// Adds `mib` MiB of compressible text documents (1–8 MiB each) to `user`'s documents.
-fn add_text(root: &Path, user: &str, mib: usize) -> std::io::Result<()> {
-    let dir = root
-        .join("Documents and Settings")
-        .join(user)
-        .join("My Documents/Archives");
-    std::fs::create_dir_all(&dir)?;
-    let mut written = 0;
-    let mut index = 0u64;
-    while written < mib * 1024 * 1024 {
-        let size = (1 + (index as usize * 7) % 8) * 1024 * 1024;
-        let mut text = Vec::with_capacity(size + 200);
-        let mut line = 0u64;
-        while text.len() < size {
-            text.extend_from_slice(
-                format!(
-                    "2008-{:02}-{:02} {:02}:{:02}:{:02} From: user{}@corp.example Subject: Re: order {} status {} of archive {index}\n",
-                    1 + line % 12,
-                    1 + line % 28,
-                    line % 24,
-                    line % 60,
-                    (line * 7) % 60,
-                    line % 97,
-                    line * 31 % 100_003,
-                    ["open", "shipped", "billed", "closed"][(line % 4) as usize]
-                )
-                .as_bytes(),
-            );
-            line += 1;
-        }
-        text.truncate(size);
-        std::fs::write(dir.join(format!("mail archive {index}.mbx")), &text)?;
-        written += size;
-        index += 1;
-    }
-    Ok(())
-}
-
-fn du_bytes(path: &Path) -> std::io::Result<u64> {
-    let mut total = 0;
-    for entry in walkdir::WalkDir::new(path).follow_links(false) {
-        let entry = entry.map_err(std::io::Error::other)?;
-        if entry.file_type().is_file() {
-            total += entry.metadata().map_err(std::io::Error::other)?.len();
-        }
-    }
-    Ok(total)
 }

@@ -25,10 +25,13 @@ use tokio_util::sync::CancellationToken;
 
 type BoxError = Box<dyn std::error::Error>;
 
+#[path = "support/mod.rs"]
+mod support;
+
+use support::{PROFILES, add_text, du_bytes};
+
 /// Seed of the benchmark's token signer (the node trusts its public key).
 const SIGNER_SEED: [u8; 32] = [42; 32];
-/// Profiles directory of the generated XP machine.
-const PROFILES: &str = "Documents and Settings";
 
 fn main() -> Result<(), BoxError> {
     let mut args = std::env::args().skip(1);
@@ -381,41 +384,6 @@ fn generate(root: &Path, size_mib: u64, files_total: u32) -> Result<(), BoxError
     Ok(())
 }
 
-/// Adds about `bytes` of mail archives (1–8 MiB each) to `user`'s documents.
-fn add_text(root: &Path, user: &str, bytes: u64, seed: u64) -> std::io::Result<()> {
-    let dir = root.join(PROFILES).join(user).join("My Documents/Archives");
-    std::fs::create_dir_all(&dir)?;
-    let mut written = 0u64;
-    let mut index = 0u64;
-    while written < bytes {
-        let size = (1 + (index as usize * 7) % 8) * 1024 * 1024;
-        let mut text = Vec::with_capacity(size + 200);
-        let mut line = seed * 1_000_003 + index * 10_007;
-        while text.len() < size {
-            text.extend_from_slice(
-                format!(
-                    "2008-{:02}-{:02} {:02}:{:02}:{:02} From: user{}@corp.example Subject: Re: order {} status {} of archive {index}\n",
-                    1 + line % 12,
-                    1 + line % 28,
-                    line % 24,
-                    line % 60,
-                    (line * 7) % 60,
-                    line % 97,
-                    line * 31 % 100_003,
-                    ["open", "shipped", "billed", "closed"][(line % 4) as usize]
-                )
-                .as_bytes(),
-            );
-            line += 1;
-        }
-        text.truncate(size);
-        std::fs::write(dir.join(format!("mail archive {index}.mbx")), &text)?;
-        written += size as u64;
-        index += 1;
-    }
-    Ok(())
-}
-
 /// Adds about `bytes` of incompressible photos (2–6 MiB each) to `user`'s pictures.
 fn add_media(root: &Path, user: &str, bytes: u64, seed: u64) -> std::io::Result<()> {
     use rand::{RngCore, SeedableRng};
@@ -517,17 +485,6 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-fn du_bytes(path: &Path) -> std::io::Result<u64> {
-    let mut total = 0;
-    for entry in walkdir::WalkDir::new(path).follow_links(false) {
-        let entry = entry.map_err(std::io::Error::other)?;
-        if entry.file_type().is_file() {
-            total += entry.metadata().map_err(std::io::Error::other)?.len();
-        }
-    }
-    Ok(total)
 }
 
 fn count_files(path: &Path) -> std::io::Result<u64> {

@@ -7,64 +7,14 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::SystemTime;
 
 use fleetmig_state::fingerprint::{self, FileFingerprint};
 use fleetmig_state::manifest::MANIFEST_FILE;
 
-/// What one run of the binary produced.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
+mod common;
 
-impl Run {
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|error| {
-            panic!(
-                "stdout is not json ({error}):\n{}\nstderr:\n{}",
-                self.stdout, self.stderr
-            )
-        })
-    }
-
-    #[track_caller]
-    fn expect(&self, code: i32) -> &Self {
-        assert_eq!(
-            self.code, code,
-            "stdout:\n{}\nstderr:\n{}",
-            self.stdout, self.stderr
-        );
-        self
-    }
-}
-
-fn worker<I, S>(args: I) -> Run
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    let output = Command::new(env!("CARGO_BIN_EXE_fleetmig-worker"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .expect("run fleetmig-worker");
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-fn os(parts: &[&dyn AsRef<OsStr>]) -> Vec<OsString> {
-    parts
-        .iter()
-        .map(|part| part.as_ref().to_os_string())
-        .collect()
-}
+use common::{Run, os, worker};
 
 /// A generated XP machine `PC-07` (alice, bob, carol) in a temp dir; the store goes to
 /// `<root>/StateStore`, which the simulated reimage keeps.

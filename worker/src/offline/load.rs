@@ -185,38 +185,82 @@ pub(super) fn user_map(
 }
 
 fn render(summary: &LoadSummary) -> String {
+    render_text(&LoadText {
+        header: format!(
+            "load of {} into {}",
+            summary.store.display(),
+            summary.machine_root.display()
+        ),
+        users: &summary.users,
+        user_map: &summary.user_map,
+        files_verb: "linked",
+        files: summary.files_linked,
+        files_already_present: summary.files_already_present,
+        bytes: summary.bytes,
+        dirs: summary.dirs,
+        symlinks: summary.symlinks,
+        symlinks_skipped: &summary.symlinks_skipped,
+        renamed: &summary.renamed,
+        overwritten: &summary.overwritten,
+        skipped: &summary.skipped,
+        files_checked: summary.files_checked,
+        mismatches: &summary.mismatches,
+        seconds: summary.seconds,
+    })
+}
+
+/// What the text summary of a load shows, for both kinds of store.
+pub(super) struct LoadText<'a> {
+    /// The first line: what was loaded from where into where.
+    pub header: String,
+    pub users: &'a [String],
+    pub user_map: &'a BTreeMap<String, String>,
+    /// "linked" (hard-link store) or "written" (packed store).
+    pub files_verb: &'static str,
+    pub files: u64,
+    pub files_already_present: u64,
+    pub bytes: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub symlinks_skipped: &'a [String],
+    pub renamed: &'a [Renamed],
+    pub overwritten: &'a [String],
+    pub skipped: &'a [Skipped],
+    pub files_checked: u64,
+    pub mismatches: &'a [String],
+    pub seconds: f64,
+}
+
+/// The text summary of a load.
+pub(super) fn render_text(summary: &LoadText<'_>) -> String {
     let mut text = String::new();
-    let _ = writeln!(
-        text,
-        "load of {} into {}",
-        summary.store.display(),
-        summary.machine_root.display()
-    );
+    let _ = writeln!(text, "{}", summary.header);
     let _ = writeln!(text, "users: {}", summary.users.join(", "));
-    for (old, new) in &summary.user_map {
+    for (old, new) in summary.user_map {
         let _ = writeln!(text, "  {old} restored as {new}");
     }
     let _ = writeln!(
         text,
-        "files: {} linked, {} already in place ({}), directories: {}, symlinks: {}",
-        summary.files_linked,
+        "files: {} {}, {} already in place ({}), directories: {}, symlinks: {}",
+        summary.files,
+        summary.files_verb,
         summary.files_already_present,
         human_bytes(summary.bytes),
         summary.dirs,
         summary.symlinks
     );
-    for renamed in &summary.renamed {
+    for renamed in summary.renamed {
         let _ = writeln!(text, "  renamed: {} -> {}", renamed.target, renamed.actual);
     }
-    for target in &summary.overwritten {
+    for target in summary.overwritten {
         let _ = writeln!(text, "  overwritten: {target}");
     }
-    for target in &summary.symlinks_skipped {
+    for target in summary.symlinks_skipped {
         let _ = writeln!(text, "  symlink not recreated (points outside): {target}");
     }
     if !summary.skipped.is_empty() {
         let _ = writeln!(text, "skipped: {}", summary.skipped.len());
-        for skipped in &summary.skipped {
+        for skipped in summary.skipped {
             let _ = writeln!(text, "  {}: {}", skipped.path, skipped.reason);
         }
     }
@@ -229,7 +273,7 @@ fn render(summary: &LoadSummary) -> String {
             summary.mismatches.len(),
             summary.files_checked
         );
-        for line in &summary.mismatches {
+        for line in summary.mismatches {
             let _ = writeln!(text, "  {line}");
         }
     }

@@ -404,58 +404,30 @@ pub(super) fn load(args: &LoadArgs, reporter: &Reporter) -> Result<Outcome> {
 }
 
 fn render_load(summary: &PackedLoadSummary) -> String {
-    let mut text = String::new();
-    let _ = writeln!(
-        text,
-        "load of {} [packed store, {} from {}] into {}",
-        summary.store.display(),
-        summary.migration_id,
-        summary.hostname,
-        summary.machine_root.display()
-    );
-    let _ = writeln!(text, "users: {}", summary.users.join(", "));
-    for (old, new) in &summary.user_map {
-        let _ = writeln!(text, "  {old} restored as {new}");
-    }
-    let _ = writeln!(
-        text,
-        "files: {} written, {} already in place ({}), directories: {}, symlinks: {}",
-        summary.files_written,
-        summary.files_already_present,
-        human_bytes(summary.bytes),
-        summary.dirs,
-        summary.symlinks
-    );
-    for renamed in &summary.renamed {
-        let _ = writeln!(text, "  renamed: {} -> {}", renamed.target, renamed.actual);
-    }
-    for target in &summary.overwritten {
-        let _ = writeln!(text, "  overwritten: {target}");
-    }
-    for target in &summary.symlinks_skipped {
-        let _ = writeln!(text, "  symlink not recreated (points outside): {target}");
-    }
-    if !summary.skipped.is_empty() {
-        let _ = writeln!(text, "skipped: {}", summary.skipped.len());
-        for skipped in &summary.skipped {
-            let _ = writeln!(text, "  {}: {}", skipped.path, skipped.reason);
-        }
-    }
-    if summary.mismatches.is_empty() {
-        let _ = writeln!(text, "verified: {} files match", summary.files_checked);
-    } else {
-        let _ = writeln!(
-            text,
-            "verification FAILED: {} of {} files do not match",
-            summary.mismatches.len(),
-            summary.files_checked
-        );
-        for line in &summary.mismatches {
-            let _ = writeln!(text, "  {line}");
-        }
-    }
-    let _ = writeln!(text, "took {:.2}s", summary.seconds);
-    text
+    super::load::render_text(&super::load::LoadText {
+        header: format!(
+            "load of {} [packed store, {} from {}] into {}",
+            summary.store.display(),
+            summary.migration_id,
+            summary.hostname,
+            summary.machine_root.display()
+        ),
+        users: &summary.users,
+        user_map: &summary.user_map,
+        files_verb: "written",
+        files: summary.files_written,
+        files_already_present: summary.files_already_present,
+        bytes: summary.bytes,
+        dirs: summary.dirs,
+        symlinks: summary.symlinks,
+        symlinks_skipped: &summary.symlinks_skipped,
+        renamed: &summary.renamed,
+        overwritten: &summary.overwritten,
+        skipped: &summary.skipped,
+        files_checked: summary.files_checked,
+        mismatches: &summary.mismatches,
+        seconds: summary.seconds,
+    })
 }
 
 #[cfg(test)]
