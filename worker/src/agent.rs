@@ -35,15 +35,40 @@ pub struct JobContext {
     pub replace: Option<v1::ReplaceTransfer>,
     /// Live progress, streamed by the heartbeat.
     pub progress: watch::Sender<Snapshot>,
-    /// Fault injection: delay after each captured file.
-    pub fault_capture_delay: Option<Duration>,
-    /// Fault injection: files with this name fail to capture as unreadable.
-    pub fault_unreadable_name: Option<String>,
+    /// Fault-injection knobs (tests only).
+    pub faults: Faults,
     /// Cancelled when the worker shuts down.
     pub shutdown: CancellationToken,
 }
 
+/// Fault-injection knobs for tests (see the worker's hidden `--fault-*` flags).
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Delay after each captured file.
+    pub capture_delay: Option<Duration>,
+    /// Files with this name fail to capture as unreadable.
+    pub unreadable_name: Option<String>,
+}
+
 impl JobContext {
+    /// The capture options the plan asked for, with the capture selection compiled from its
+    /// rule files. CPU work: call it on a blocking thread (the capture's own).
+    pub fn capture_options(
+        job_id: &str,
+        migration_id: String,
+        capture: &v1::CaptureOptions,
+        faults: &Faults,
+    ) -> Result<fleetmig_state::CaptureOptions> {
+        let mut options = fleetmig_state::CaptureOptions::new(migration_id);
+        options.continue_on_error = capture.continue_on_error;
+        options.include_users = capture.user_include.clone();
+        options.exclude_users = capture.user_exclude.clone();
+        options.selection = crate::rules::selection(job_id, &capture.rules)?;
+        options.per_file_delay = faults.capture_delay;
+        options.fault_unreadable_name = faults.unreadable_name.clone();
+        Ok(options)
+    }
+
     /// A report carrying this job's identity and fence.
     pub fn report_header(&self) -> v1::PhaseReport {
         v1::PhaseReport {
@@ -252,11 +277,13 @@ impl Agent {
             capture: assignment.capture.clone().unwrap_or_default(),
             replace: assignment.replace.clone(),
             progress,
-            fault_capture_delay: self
-                .config
-                .fault_capture_delay_ms
-                .map(Duration::from_millis),
-            fault_unreadable_name: self.config.fault_unreadable_name.clone(),
+            faults: Faults {
+                capture_delay: self
+                    .config
+                    .fault_capture_delay_ms
+                    .map(Duration::from_millis),
+                unreadable_name: self.config.fault_unreadable_name.clone(),
+            },
             shutdown: self.shutdown.clone(),
         };
         let stop_heartbeat = self.shutdown.child_token();

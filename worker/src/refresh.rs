@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::hook::ReimageHook;
 use crate::telemetry::WatchSink;
 use fleetmig_proto::v1::{self, JobPhase};
-use fleetmig_state::{CaptureOptions, RestoreOptions};
+use fleetmig_state::RestoreOptions;
 use std::path::PathBuf;
 
 /// What the worker remembers of a finished restore, so a crash between
@@ -134,18 +134,13 @@ pub async fn run(ctx: &JobContext, hook: &ReimageHook) -> Result<()> {
 async fn capture(ctx: &JobContext, root: &std::path::Path, store: &std::path::Path) -> Result<()> {
     ctx.set_phase(JobPhase::Capturing);
     ctx.record("capture.start", String::new()).await?;
-    let mut options = CaptureOptions::new(ctx.job_id.clone());
-    // A store left by an interrupted attempt holds only links of ours.
-    options.overwrite = true;
-    options.continue_on_error = ctx.capture.continue_on_error;
-    options.include_users = ctx.capture.user_include.clone();
-    options.exclude_users = ctx.capture.user_exclude.clone();
-    options.selection = crate::rules::selection(&ctx.job_id, &ctx.capture.rules)?;
-    options.per_file_delay = ctx.fault_capture_delay;
-    options.fault_unreadable_name = ctx.fault_unreadable_name.clone();
+    let (job_id, capture, faults) = (ctx.job_id.clone(), ctx.capture.clone(), ctx.faults.clone());
     let sink = WatchSink::new(ctx.progress.clone());
     let (machine_root, store_dir) = (root.to_path_buf(), store.to_path_buf());
     let report = blocking(move || {
+        let mut options = JobContext::capture_options(&job_id, job_id.clone(), &capture, &faults)?;
+        // A store left by an interrupted attempt holds only links of ours.
+        options.overwrite = true;
         if let Some(parent) = store_dir.parent() {
             std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
         }

@@ -233,22 +233,21 @@ async fn capture(
 ) -> Result<CaptureRecord> {
     ctx.record("capture.start", format!("node:{}", transfer.node_id))
         .await?;
-    let mut selection = fleetmig_state::CaptureOptions::new(transfer.migration_id.clone());
-    selection.continue_on_error = ctx.capture.continue_on_error;
-    selection.include_users = ctx.capture.user_include.clone();
-    selection.exclude_users = ctx.capture.user_exclude.clone();
-    selection.selection = crate::rules::selection(&ctx.job_id, &ctx.capture.rules)?;
-    selection.per_file_delay = ctx.fault_capture_delay;
-    selection.fault_unreadable_name = ctx.fault_unreadable_name.clone();
-    let options = packed::CaptureOptions {
-        capture: selection,
-        cache: Some(ctx.state.dir().join(CACHE_FILE)),
-        ..packed::CaptureOptions::default()
-    };
+    let (job_id, capture, faults) = (ctx.job_id.clone(), ctx.capture.clone(), ctx.faults.clone());
+    let migration_id = transfer.migration_id.clone();
+    let cache = ctx.state.dir().join(CACHE_FILE);
     let store = node_store(ctx, transfer)?;
     let root = ctx.state.root().to_path_buf();
     let (keys, sink) = (keys.clone(), WatchSink::new(ctx.progress.clone()));
-    let report = blocking(move || packed::capture(&root, &store, &keys, &options, &sink)).await?;
+    let report = blocking(move || {
+        let options = packed::CaptureOptions {
+            capture: JobContext::capture_options(&job_id, migration_id, &capture, &faults)?,
+            cache: Some(cache),
+            ..packed::CaptureOptions::default()
+        };
+        packed::capture(&root, &store, &keys, &options, &sink)
+    })
+    .await?;
     for (path, reason) in &report.skipped {
         tracing::warn!(job_id = %ctx.job_id, %path, %reason, "file skipped");
     }
@@ -520,8 +519,7 @@ mod tests {
             capture: v1::CaptureOptions::default(),
             replace,
             progress: tokio::sync::watch::channel(Snapshot::default()).0,
-            fault_capture_delay: None,
-            fault_unreadable_name: None,
+            faults: crate::agent::Faults::default(),
             shutdown: CancellationToken::new(),
         }
     }
