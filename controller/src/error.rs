@@ -122,6 +122,9 @@ pub enum Error {
     /// The machine belongs to another caller.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// Work handed to a blocking thread did not come back (it panicked).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 fn detail_suffix(detail: &str) -> String {
@@ -139,7 +142,9 @@ impl From<Error> for tonic::Status {
     fn from(error: Error) -> Self {
         let message = error.to_string();
         match error {
-            Error::StoreIo { .. } | Error::StoreCorrupt { .. } => tonic::Status::internal(message),
+            Error::StoreIo { .. } | Error::StoreCorrupt { .. } | Error::Internal(_) => {
+                tonic::Status::internal(message)
+            }
             Error::StoreUnavailable(_) | Error::Conflict { .. } | Error::NotLeader { .. } => {
                 tonic::Status::unavailable(message)
             }

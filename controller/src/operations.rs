@@ -218,19 +218,23 @@ impl Controller {
             .collect()
     }
 
-    /// Parses and validates a plan against the current inventory.
-    pub fn validate_plan(&self, source: &str) -> std::result::Result<Plan, Vec<Problem>> {
-        plan::parse(source, &self.machines_snapshot())
-    }
-
     /// Parses and validates a plan with its attached rule files (path as the
-    /// plan writes it → XML text); warnings come with the parsed plan.
-    pub fn validate_plan_with(
+    /// plan writes it → XML text) against the current inventory; warnings come
+    /// with the parsed plan. Parsing (up to 64 rule files of 2 MiB) runs on a
+    /// blocking thread. The outer error is the controller's, the inner one the
+    /// plan's problems.
+    pub async fn validate_plan_with(
         &self,
         source: &str,
         attachments: &BTreeMap<String, String>,
-    ) -> std::result::Result<plan::ParsedPlan, Vec<Problem>> {
-        plan::parse_with_attachments(source, &self.machines_snapshot(), attachments)
+    ) -> Result<std::result::Result<plan::ParsedPlan, Vec<Problem>>> {
+        let machines = self.machines_snapshot();
+        let (source, attachments) = (source.to_owned(), attachments.clone());
+        tokio::task::spawn_blocking(move || {
+            plan::parse_with_attachments(&source, &machines, &attachments)
+        })
+        .await
+        .map_err(|error| Error::Internal(format!("plan validation: {error}")))
     }
 
     /// Validates and stores a plan, creating its waves.
@@ -253,6 +257,7 @@ impl Controller {
     ) -> Result<plan::ParsedPlan> {
         let parsed = self
             .validate_plan_with(source, attachments)
+            .await?
             .map_err(|problems| Error::InvalidPlan {
                 file: file.to_string(),
                 problems: problems.iter().map(|p| p.display(file)).collect(),

@@ -144,11 +144,9 @@ fn main() -> Result<(), BoxError> {
     let _ = std::fs::remove_dir_all(&target);
     std::fs::create_dir_all(&target)?;
     let cpu = Cpu::now(&node);
-    let (restored, restore_seconds) = bench.restore("bench-first", &target)?;
+    let (restored, manifest, restore_seconds) = bench.restore("bench-first", &target)?;
     let restore_cpu = cpu.since(&node);
     let started = Instant::now();
-    let (manifest_store, manifest) = bench.manifest("bench-first")?;
-    drop(manifest_store);
     let verified = packed::verify(&target, &manifest, &NoProgress)?;
     println!(
         "restore from the node: {:.2}s = {:.0} MB/s, {} files; {restore_cpu}; verify {:.2}s, {} mismatches",
@@ -275,7 +273,7 @@ impl Bench<'_> {
         &self,
         migration: &str,
         target: &Path,
-    ) -> Result<(packed::RestoreReport, f64), BoxError> {
+    ) -> Result<(packed::RestoreReport, fleetmig_format::PackedManifest, f64), BoxError> {
         let started = Instant::now();
         let (store, manifest) = self.manifest(migration)?;
         let report = packed::restore(
@@ -287,7 +285,7 @@ impl Bench<'_> {
             &NoProgress,
         )?;
         run_sync()?;
-        Ok((report, started.elapsed().as_secs_f64()))
+        Ok((report, manifest, started.elapsed().as_secs_f64()))
     }
 }
 

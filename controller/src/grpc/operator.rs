@@ -59,6 +59,7 @@ impl OperatorService for OperatorApi {
             match self
                 .controller
                 .validate_plan_with(&request.source, &attachments)
+                .await?
             {
                 Ok(parsed) => v1::ValidatePlanResponse {
                     valid: true,
