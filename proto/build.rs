@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "fleetmig/v1/worker.proto",
         "fleetmig/v1/operator.proto",
         "fleetmig/v1/storage.proto",
+        "fleetmig/v1/peer.proto",
     ];
     for proto in &protos {
         println!("cargo:rerun-if-changed={proto}");

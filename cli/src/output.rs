@@ -1118,6 +1118,7 @@ mod tests {
             jobs: vec![sample_job(JobPhase::Done), sample_job(JobPhase::Failed)],
             machines: 2,
             storage_nodes: 1,
+            ..StatusResponse::default()
         };
         let text = render_status(&status, 10_000);
         assert!(
@@ -1349,6 +1350,7 @@ mod tests {
                     ..StorageNodeStatus::default()
                 },
             ],
+            ..ListStorageNodesResponse::default()
         };
         let text = render_storage_nodes(&nodes);
         assert!(

@@ -207,6 +207,7 @@ impl Controller {
                 .as_ref()
                 .map(|d| d.hostname.clone())
                 .unwrap_or_default(),
+            replicas: Vec::new(),
         })
     }
 }

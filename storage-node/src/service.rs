@@ -196,6 +196,20 @@ impl StorageNode for StorageNodeService {
         Ok(Response::new(Box::pin(stream)))
     }
 
+    async fn replicate(
+        &self,
+        _request: Request<fleetmig_proto::v1::ReplicateRequest>,
+    ) -> Result<Response<fleetmig_proto::v1::ReplicateResponse>, Status> {
+        Err(Status::unimplemented("replicate: being built"))
+    }
+
+    async fn list_migrations(
+        &self,
+        _request: Request<fleetmig_proto::v1::ListMigrationsRequest>,
+    ) -> Result<Response<fleetmig_proto::v1::ListMigrationsResponse>, Status> {
+        Err(Status::unimplemented("list migrations: being built"))
+    }
+
     async fn release(
         &self,
         request: Request<ReleaseRequest>,

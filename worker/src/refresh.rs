@@ -166,6 +166,7 @@ async fn capture(ctx: &JobContext, root: &std::path::Path, store: &std::path::Pa
         excluded_files: report.excluded_files,
         manifest_digest: report.manifest_digest.clone(),
         store_location: store.display().to_string(),
+        replica_node_ids: Vec::new(),
     };
     ctx.report(v1::PhaseReport {
         phase: JobPhase::Captured.into(),

@@ -100,6 +100,7 @@ impl CaptureRecord {
             excluded_files: self.excluded_files,
             manifest_digest: self.manifest_digest.clone(),
             store_location: self.store_location.clone(),
+            replica_node_ids: Vec::new(),
         }
     }
 }

@@ -299,6 +299,7 @@ pub fn node_to_wire(view: &StorageNodeView) -> v1::StorageNodeStatus {
         reported_unix_ms: capacity.reported_ms,
         report_age_ms: view.report_age_ms.unwrap_or(0),
         placed_jobs: view.placed_jobs,
+        live: view.capacity.is_some(),
     }
 }
 
@@ -321,6 +322,7 @@ pub fn job_to_wire(view: &JobView) -> v1::JobStatus {
             excluded_files: c.excluded_files,
             manifest_digest: c.manifest_digest.clone(),
             store_location: c.store_location.clone(),
+            replica_node_ids: Vec::new(),
         }),
         restored: job.restored.as_ref().map(|r| v1::RestoreSummary {
             files: r.files,

@@ -214,6 +214,7 @@ impl OperatorService for OperatorApi {
                 .iter()
                 .map(convert::node_to_wire)
                 .collect(),
+            under_replicated: Vec::new(),
         }))
     }
 
@@ -229,6 +230,10 @@ impl OperatorService for OperatorApi {
             jobs: status.jobs.iter().map(convert::job_to_wire).collect(),
             machines: status.machines as u32,
             storage_nodes: status.storage_nodes as u32,
+            controller_id: "embedded".into(),
+            leader: true,
+            leader_endpoint: String::new(),
+            epoch: self.controller.epoch(),
         }))
     }
 
