@@ -538,6 +538,7 @@ mod tests {
             migration_key: vec![2; 32],
             source_hostname: "PC-31".into(),
             destination_hostname: "W7-31".into(),
+            replicas: Vec::new(),
         }
     }
 

@@ -235,6 +235,20 @@ impl StorageNode for FakeNode {
         Ok(Response::new(Box::pin(tokio_stream::iter(items))))
     }
 
+    async fn replicate(
+        &self,
+        _request: Request<v1::ReplicateRequest>,
+    ) -> Result<Response<v1::ReplicateResponse>, Status> {
+        Err(Status::unimplemented("the fake node does not replicate"))
+    }
+
+    async fn list_migrations(
+        &self,
+        _request: Request<v1::ListMigrationsRequest>,
+    ) -> Result<Response<v1::ListMigrationsResponse>, Status> {
+        Err(Status::unimplemented("the fake node does not list migrations"))
+    }
+
     async fn release(
         &self,
         request: Request<v1::ReleaseRequest>,
