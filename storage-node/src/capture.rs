@@ -1,6 +1,11 @@
 //! The capture side: Reserve, opening a capture (leases, implicit and
 //! renewed reservations, the source machine), MissingChunks and Commit.
 //! PutChunks lives in `upload.rs`.
+//!
+//! A REPLICATE token grants the same calls as CAPTURE (Reserve as well):
+//! another node copying a migration here (`replicate.rs` on that node). Such
+//! a copy binds no source machine, and its Commit seals the migration at
+//! once: it was verified where it was captured.
 
 use std::sync::Arc;
 
@@ -22,10 +27,43 @@ pub const MAX_MISSING_QUERY_IDS: usize = 65_536;
 /// once instead of each directory.
 const SHARD_SYNCS_BEFORE_SYNCFS: usize = 32;
 
-/// What a capture token grants, once checked.
+/// Roles that may write a migration: its source machine, or a node
+/// replicating it here.
+const WRITE_ROLES: [CapabilityRole; 2] = [CapabilityRole::Capture, CapabilityRole::Replicate];
+/// Roles that may reserve space: the controller for a capture, or for a copy.
+const RESERVE_ROLES: [CapabilityRole; 2] = [CapabilityRole::Reserve, CapabilityRole::Replicate];
+
+/// What a capture (or replica) token grants, once checked.
 #[derive(Debug, Clone)]
 pub(crate) struct CaptureGrant {
     pub(crate) migration: MigrationId,
+    /// The migration is being copied from another node (REPLICATE).
+    pub(crate) replica: bool,
+}
+
+/// Who writes a migration.
+#[derive(Debug, Clone, Copy)]
+enum Writer<'a> {
+    /// Its source machine (CAPTURE token).
+    Machine(&'a str),
+    /// Another node copying it (REPLICATE token): no machine is bound.
+    Replica,
+}
+
+impl Writer<'_> {
+    fn check(self, record: &MigrationRecord) -> Result<()> {
+        match self {
+            Self::Machine(machine) => record.check_source(machine),
+            Self::Replica => Ok(()),
+        }
+    }
+
+    fn capturing(self, record: &MigrationRecord, now: i64) -> Result<MigrationRecord> {
+        match self {
+            Self::Machine(machine) => record.capturing(machine, now),
+            Self::Replica => record.replica_capturing(now),
+        }
+    }
 }
 
 /// Why a capture call opens the capture.
@@ -69,8 +107,10 @@ pub struct CommitSummary {
 }
 
 impl Node {
-    /// Reserve (role RESERVE): promises `bytes` to the token's migration
-    /// for `lease_ms` (default 15 minutes). Idempotent; renews the lease.
+    /// Reserve (role RESERVE or REPLICATE): promises `bytes` to the token's
+    /// migration for `lease_ms` (default 15 minutes). Idempotent; renews the
+    /// lease. A committed migration has nothing left to reserve
+    /// (`FAILED_PRECONDITION`).
     pub async fn reserve(
         &self,
         token: Option<&v1::SignedCapability>,
@@ -78,7 +118,7 @@ impl Node {
         lease_ms: u32,
     ) -> Result<Reservation> {
         let now = now_unix_ms();
-        let (_claims, id) = self.verify(token, CapabilityRole::Reserve, now)?;
+        let id = self.authorize(token, &RESERVE_ROLES, now).await?.migration;
         let lease_ms = if lease_ms == 0 {
             DEFAULT_LEASE_MS
         } else {
@@ -105,23 +145,34 @@ impl Node {
         })
     }
 
-    /// Checks a CAPTURE token and makes sure its migration is capturing:
-    /// renews the lease, or starts the capture (from a reservation, an
-    /// implicit empty one, or re-reserving an expired one if there is room).
+    /// Checks a CAPTURE (or REPLICATE) token and makes sure its migration
+    /// is capturing: renews the lease, or starts the capture (from a
+    /// reservation, an implicit empty one, or re-reserving an expired one if
+    /// there is room).
     async fn open_capture(
         &self,
         token: Option<&v1::SignedCapability>,
         now: i64,
         purpose: CapturePurpose,
     ) -> Result<CaptureGrant> {
-        let (claims, id) = self.verify(token, CapabilityRole::Capture, now)?;
-        let machine = claims.machine_id;
-        if self.capture_is_live(&id, &machine, now, purpose)? {
-            return Ok(CaptureGrant { migration: id });
+        let grant = self.authorize(token, &WRITE_ROLES, now).await?;
+        let id = grant.migration;
+        let replica = grant.role == CapabilityRole::Replicate;
+        let writer = if replica {
+            Writer::Replica
+        } else {
+            Writer::Machine(&grant.claims.machine_id)
+        };
+        let granted = CaptureGrant {
+            migration: id.clone(),
+            replica,
+        };
+        if self.capture_is_live(&id, writer, now, purpose)? {
+            return Ok(granted);
         }
         let _transition = self.lock_migration(&id).await;
-        if self.capture_is_live(&id, &machine, now, purpose)? {
-            return Ok(CaptureGrant { migration: id });
+        if self.capture_is_live(&id, writer, now, purpose)? {
+            return Ok(granted);
         }
         let space = self.inner.probe.space().await?;
         let next = {
@@ -129,23 +180,28 @@ impl Node {
             match table.entries.get(&id) {
                 None => {
                     self.admit(&table, &id, 0, space, now)?;
-                    MigrationRecord::reservation(&id, 0, DEFAULT_LEASE_MS, now)
-                        .capturing(&machine, now)?
+                    let reserved = MigrationRecord::reservation(&id, 0, DEFAULT_LEASE_MS, now);
+                    writer.capturing(&reserved, now)?
                 }
                 Some(entry) => {
                     let record = &entry.record;
                     if record.state == MigrationState::Expired || record.is_lapsed(now) {
-                        record.check_source(&machine)?;
+                        writer.check(record)?;
                         self.admit(&table, &id, record.reserved_bytes, space, now)?;
                     }
-                    record.capturing(&machine, now)?
+                    writer.capturing(record, now)?
                 }
             }
         };
         let next = self.persist(next).await?;
-        tracing::info!(migration_id = %id, machine_id = %machine, "capture started");
+        match writer {
+            Writer::Machine(machine) => {
+                tracing::info!(migration_id = %id, machine_id = %machine, "capture started")
+            }
+            Writer::Replica => tracing::info!(migration_id = %id, "replica copy started"),
+        }
         self.table().apply(next, &id, now);
-        Ok(CaptureGrant { migration: id })
+        Ok(granted)
     }
 
     /// The fast path of [`Self::open_capture`]: `Ok(true)` when nothing
@@ -153,7 +209,7 @@ impl Node {
     fn capture_is_live(
         &self,
         id: &MigrationId,
-        machine: &str,
+        writer: Writer<'_>,
         now: i64,
         purpose: CapturePurpose,
     ) -> Result<bool> {
@@ -161,7 +217,7 @@ impl Node {
         let Some(entry) = table.entries.get_mut(id) else {
             return Ok(false);
         };
-        entry.record.check_source(machine)?;
+        writer.check(&entry.record)?;
         if purpose == CapturePurpose::Commit && entry.record.state.is_committed() {
             return Ok(true);
         }
@@ -180,7 +236,7 @@ impl Node {
         }
     }
 
-    /// MissingChunks (role CAPTURE): indexes of the ids the node lacks. The
+    /// MissingChunks (role CAPTURE or REPLICATE): indexes of the ids the node lacks. The
     /// ids it holds are claimed for the capture (kept from garbage
     /// collection until it commits or expires).
     pub async fn missing_chunks(
@@ -219,10 +275,12 @@ impl Node {
             .await
     }
 
-    /// Commit (role CAPTURE): checks every referenced chunk is present,
-    /// stores the manifest and the chunk list durably, then the record in
-    /// state committed (that rename is the commit point). Idempotent for
-    /// the same manifest digest.
+    /// Commit (role CAPTURE or REPLICATE): checks every referenced chunk is
+    /// present, stores the manifest and the chunk list durably, then the
+    /// record in state committed (that rename is the commit point); under
+    /// REPLICATE the record is sealed instead. Idempotent for the same
+    /// manifest digest (a REPLICATE commit of a committed migration seals
+    /// it).
     pub async fn commit(
         &self,
         token: Option<&v1::SignedCapability>,
@@ -237,6 +295,9 @@ impl Node {
         let requested_digest = input.manifest_digest.trim().to_ascii_lowercase();
         let _transition = self.lock_migration(&id).await;
         if let Some(summary) = self.already_committed(&id, &requested_digest)? {
+            if grant.replica {
+                self.seal_replica(&id, now).await?;
+            }
             return Ok(summary);
         }
 
@@ -288,15 +349,21 @@ impl Node {
         let next = {
             let table = self.table();
             let entry = table.entries.get(&id).ok_or_else(|| self.unknown(&id))?;
-            entry.record.committed(info, now)?
+            if grant.replica {
+                entry.record.replica_committed(info, now)?
+            } else {
+                entry.record.committed(info, now)?
+            }
         };
         let next = self.persist(next).await?;
+        let state = next.state;
         self.table().apply(next, &id, now);
         tracing::info!(
             migration_id = %id,
             chunks = ids.len(),
             referenced_bytes,
             logical_bytes = input.logical_bytes,
+            state = state.name(),
             "committed"
         );
         self.fault_pause(&id, CommitStage::AfterRecordRename).await;
@@ -319,6 +386,22 @@ impl Node {
             );
             tokio::time::sleep(pause).await;
         }
+    }
+
+    /// A REPLICATE commit of a migration committed here but not released:
+    /// sealed, like a fresh replica (the caller holds the migration lock).
+    async fn seal_replica(&self, id: &MigrationId, now: i64) -> Result<()> {
+        let next = {
+            let table = self.table();
+            let entry = table.entries.get(id).ok_or_else(|| self.unknown(id))?;
+            entry.record.sealed(now)?
+        };
+        if let Some(next) = next {
+            let next = self.persist(next).await?;
+            self.table().apply(next, id, now);
+            tracing::info!(migration_id = %id, "sealed by a replica commit");
+        }
+        Ok(())
     }
 
     /// The answer to a repeated Commit, or an error if the migration was

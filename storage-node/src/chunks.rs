@@ -264,18 +264,30 @@ pub enum ChunkFault {
 
 /// Checks a chunk file's content: returns its sealed bytes.
 pub fn verify_contents(contents: Bytes) -> Result<Bytes, ChunkFault> {
+    verify_contents_with_checksum(contents).map(|(_, sealed)| sealed)
+}
+
+/// Checks a chunk file's content: returns its checksum and sealed bytes.
+fn verify_contents_with_checksum(contents: Bytes) -> Result<([u8; 32], Bytes), ChunkFault> {
     if contents.len() <= CHECKSUM_LEN {
         return Err(ChunkFault::Truncated(contents.len() as u64));
     }
     let sealed = contents.slice(CHECKSUM_LEN..);
-    if checksum(&sealed) != contents[..CHECKSUM_LEN] {
+    let sum = checksum(&sealed);
+    if sum != contents[..CHECKSUM_LEN] {
         return Err(ChunkFault::ChecksumMismatch);
     }
-    Ok(sealed)
+    Ok((sum, sealed))
 }
 
 /// Reads the chunk file at `path` and checks it: returns the sealed bytes.
 pub fn read_verified(path: &Path) -> Result<Bytes, ChunkFault> {
+    read_checked(path).map(|(_, sealed)| sealed)
+}
+
+/// Reads the chunk file at `path` and checks it: returns its checksum (the
+/// plain BLAKE3 a PutChunks message carries) and the sealed bytes.
+pub fn read_checked(path: &Path) -> Result<([u8; 32], Bytes), ChunkFault> {
     let mut file = match File::open(path) {
         Ok(file) => file,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Err(ChunkFault::Missing),
@@ -288,7 +300,7 @@ pub fn read_verified(path: &Path) -> Result<Bytes, ChunkFault> {
     }
     let mut contents = Vec::with_capacity(len as usize);
     file.read_to_end(&mut contents).map_err(ChunkFault::Io)?;
-    verify_contents(Bytes::from(contents))
+    verify_contents_with_checksum(Bytes::from(contents))
 }
 
 /// A chunk file found by [`walk`].

@@ -26,9 +26,19 @@ pub struct Config {
     #[arg(long, env = "FLEETMIG_STORAGE_DATA_DIR")]
     pub data_dir: PathBuf,
 
-    /// URL of the controller's gRPC endpoint, e.g. http://127.0.0.1:7400.
-    #[arg(long, env = "FLEETMIG_CONTROLLER")]
-    pub controller: String,
+    /// URL of the controller's gRPC endpoint, e.g. http://127.0.0.1:7400;
+    /// several controllers (one fleet, e.g. an HA group) as a comma-separated
+    /// list, or the flag repeated. The node registers with and reports to
+    /// every one of them.
+    #[arg(
+        long = "controller",
+        env = "FLEETMIG_CONTROLLER",
+        value_name = "URL[,URL...]",
+        value_delimiter = ',',
+        value_parser = parse_controller,
+        required = true
+    )]
+    pub controllers: Vec<String>,
 
     /// Site this node serves (workers prefer a node of their own site).
     #[arg(long, default_value = "default", env = "FLEETMIG_SITE")]
@@ -126,12 +136,13 @@ impl std::fmt::Display for CommitStage {
 
 impl Config {
     /// A configuration with defaults for everything but the required values
-    /// (used by tests and embedders).
-    pub fn new(data_dir: PathBuf, controller: String) -> Self {
+    /// (used by tests and embedders); `controllers` is a comma-separated
+    /// list of URLs, as on the command line.
+    pub fn new(data_dir: PathBuf, controllers: String) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir,
-            controller,
+            controllers: split_controllers(&controllers),
             site: "default".to_owned(),
             ready_file: None,
             min_free_bytes: 0,
@@ -209,6 +220,23 @@ pub struct ScrubArgs {
     pub json: bool,
 }
 
+/// The URLs of a comma-separated list, trimmed, empty entries left out.
+pub fn split_controllers(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn parse_controller(text: &str) -> Result<String, String> {
+    let url = text.trim();
+    if url.is_empty() {
+        return Err("an empty controller URL (a stray comma?)".into());
+    }
+    Ok(url.to_owned())
+}
+
 fn parse_percent(text: &str) -> Result<f64, String> {
     let value: f64 = text
         .parse()
@@ -263,6 +291,55 @@ mod tests {
         assert!(!config.restore_only);
         assert_eq!(config.fault_commit_pause, None, "no fault injection");
         assert_eq!(config.commit_pause(CommitStage::BeforeRecordRename), None);
+    }
+
+    #[test]
+    fn several_controllers_come_as_a_list_or_a_repeated_flag() {
+        let one = Config::try_parse_from([
+            "fleetmig-storage-node",
+            "--data-dir",
+            "/tmp/x",
+            "--controller",
+            "http://127.0.0.1:7400",
+        ])
+        .expect("flags parse");
+        assert_eq!(one.controllers, ["http://127.0.0.1:7400"]);
+        let list = Config::try_parse_from([
+            "fleetmig-storage-node",
+            "--data-dir",
+            "/tmp/x",
+            "--controller",
+            "http://c1:7400, http://c2:7400,http://c3:7400",
+        ])
+        .expect("flags parse");
+        assert_eq!(
+            list.controllers,
+            ["http://c1:7400", "http://c2:7400", "http://c3:7400"]
+        );
+        let repeated = Config::try_parse_from([
+            "fleetmig-storage-node",
+            "--data-dir",
+            "/tmp/x",
+            "--controller",
+            "http://c1:7400",
+            "--controller",
+            "http://c2:7400",
+        ])
+        .expect("flags parse");
+        assert_eq!(repeated.controllers, ["http://c1:7400", "http://c2:7400"]);
+        let err = Config::try_parse_from([
+            "fleetmig-storage-node",
+            "--data-dir",
+            "/tmp/x",
+            "--controller",
+            "http://c1:7400,,http://c2:7400",
+        ])
+        .expect_err("empty entry");
+        assert!(err.to_string().contains("stray comma"), "{err}");
+        assert_eq!(
+            Config::new("/tmp/x".into(), "http://c1:7400,http://c2:7400".into()).controllers,
+            ["http://c1:7400", "http://c2:7400"]
+        );
     }
 
     #[test]

@@ -284,6 +284,40 @@ pub enum Error {
         /// What the filesystem reported.
         source: std::io::Error,
     },
+    /// A token's fence is lower than the highest this node has seen for its
+    /// migration: the job moved on to another owner.
+    #[error("stale fence {presented} for migration {migration_id} (highest seen {highest})")]
+    StaleFence {
+        /// The migration.
+        migration_id: String,
+        /// The token's fence.
+        presented: u64,
+        /// The highest fence seen for the migration.
+        highest: u64,
+    },
+    /// A request field is missing or malformed.
+    #[error("{field}: {reason}")]
+    BadRequest {
+        /// The request field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The node a migration is replicated to refused a call or could not be
+    /// reached; the status keeps the target's code.
+    #[error("replicating migration {migration_id} to {target}: {call} failed: {message}")]
+    Replication {
+        /// The migration.
+        migration_id: String,
+        /// The target's endpoint.
+        target: String,
+        /// The call on the target, e.g. "PutChunks".
+        call: &'static str,
+        /// The target's status code.
+        code: tonic::Code,
+        /// The target's message.
+        message: String,
+    },
     /// The upload stream failed before its end (client gone, oversized or
     /// undecodable message).
     #[error("upload stream failed: {message}")]
@@ -330,8 +364,10 @@ impl From<Error> for tonic::Status {
             | Error::RestoreOnly { .. }
             | Error::WrongState { .. }
             | Error::CommittedDifferently { .. }
-            | Error::MissingReferencedChunks { .. } => Status::failed_precondition(message),
+            | Error::MissingReferencedChunks { .. }
+            | Error::StaleFence { .. } => Status::failed_precondition(message),
             Error::InvalidUrl { .. }
+            | Error::BadRequest { .. }
             | Error::InvalidMigrationId { .. }
             | Error::BadChunkIds { .. }
             | Error::BadChunk { .. } => Status::invalid_argument(message),
@@ -354,7 +390,9 @@ impl From<Error> for tonic::Status {
                 Status::resource_exhausted(message)
             }
             Error::UnknownMigration { .. } => Status::not_found(message),
-            Error::UploadStream { code, .. } => Status::new(code, message),
+            Error::UploadStream { code, .. } | Error::Replication { code, .. } => {
+                Status::new(code, message)
+            }
         }
     }
 }
@@ -382,6 +420,36 @@ mod tests {
         assert_eq!(
             tonic::Status::from(forged).code(),
             tonic::Code::Unauthenticated
+        );
+    }
+
+    #[test]
+    fn a_stale_fence_is_a_failed_precondition_naming_both_fences() {
+        let status = tonic::Status::from(Error::StaleFence {
+            migration_id: "wave1.pc-1".into(),
+            presented: 3,
+            highest: 5,
+        });
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(
+            status.message(),
+            "stale fence 3 for migration wave1.pc-1 (highest seen 5)"
+        );
+    }
+
+    #[test]
+    fn replication_failures_keep_the_target_code() {
+        let status = tonic::Status::from(Error::Replication {
+            migration_id: "m".into(),
+            target: "http://b:7600".into(),
+            call: "Reserve",
+            code: tonic::Code::ResourceExhausted,
+            message: "no room".into(),
+        });
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            status.message(),
+            "replicating migration m to http://b:7600: Reserve failed: no room"
         );
     }
 

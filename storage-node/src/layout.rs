@@ -131,6 +131,14 @@ impl MigrationId {
     }
 }
 
+/// Lets tables keyed by id be searched (and ranged over) by any string,
+/// e.g. a listing's `start_after`; the order is the same.
+impl std::borrow::Borrow<str> for MigrationId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for MigrationId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

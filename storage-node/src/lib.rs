@@ -8,12 +8,15 @@
 //! durability rules and the migration state machine.
 //!
 //! Modules: `node` (the logic, no tonic; `capture` and `restore` add the
-//! calls of each side), `upload` (PutChunks batching),
+//! calls of each side), `upload` (PutChunks batching), `replicate` (copying
+//! a committed migration to another node), `inventory` (ListMigrations),
+//! `fences` (authorising a call: token, migration, fence),
 //! `chunks` (chunk files), `record` (migration records and their state
 //! machine), `migrations` (the in-memory table), `sweeper` (expiry,
 //! retention, garbage collection), `scrub` (offline integrity check),
-//! `tokens` (the controller's key), `service` (the tonic adapter),
-//! `registration`, `capacity`, `config`, `data_dir`, `durable`, `layout`.
+//! `tokens` (the controllers' key), `service` (the tonic adapter),
+//! `registration` (with every controller), `capacity`, `config`,
+//! `data_dir`, `durable`, `layout`.
 
 pub mod capacity;
 pub mod capture;
@@ -22,11 +25,14 @@ pub mod config;
 pub mod data_dir;
 pub mod durable;
 pub mod error;
+pub mod fences;
+pub mod inventory;
 pub mod layout;
 pub mod migrations;
 pub mod node;
 pub mod record;
 pub mod registration;
+pub mod replicate;
 pub mod restore;
 pub mod scrub;
 pub mod service;
@@ -48,9 +54,9 @@ use crate::registration::NodeIdentity;
 use crate::service::StorageNodeService;
 
 /// HTTP/2 flow-control window of one stream: a whole chunk in flight.
-const STREAM_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
+pub(crate) const STREAM_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
 /// HTTP/2 flow-control window of one connection.
-const CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
+pub(crate) const CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
 
 /// Binds `config.listen` and runs the node until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
@@ -150,9 +156,9 @@ pub async fn serve_node(
         endpoint,
         site: config.site.clone(),
     };
-    let mut registration = tokio::spawn(registration::run(
+    let mut registration = tokio::spawn(registration::run_all(
         identity,
-        config.controller.clone(),
+        config.controllers.clone(),
         node.clone(),
         node_shutdown.clone(),
     ));

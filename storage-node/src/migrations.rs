@@ -1,14 +1,17 @@
 //! The in-memory table of migrations: each persisted record plus what only
 //! lives while the node runs (lease renewals, last activity, the chunks an
-//! open capture relies on).
+//! open capture relies on, fences not yet persisted in a record).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::layout::{ChunkId, MigrationId};
 use crate::record::{MigrationRecord, MigrationState};
 
 /// A capture with activity this recent counts as an active client session.
 pub const ACTIVE_SESSION_WINDOW_MS: i64 = 60_000;
+/// Most fences kept in memory for migrations without a record (tokens for
+/// migrations this node does not hold, or held before a deletion).
+pub const MAX_UNRECORDED_FENCES: usize = 65_536;
 
 /// One migration held by the node.
 #[derive(Debug, Clone)]
@@ -82,14 +85,18 @@ pub struct OpenCaptures {
     pub incomplete: Option<String>,
 }
 
-/// Every migration the node holds, by id.
+/// Every migration the node holds, by id (in id order, for listing).
 #[derive(Debug, Default)]
 pub struct Table {
     /// The entries.
-    pub entries: HashMap<MigrationId, Entry>,
+    pub entries: BTreeMap<MigrationId, Entry>,
     /// Bumped by every commit: garbage collection re-reads the references
     /// if a commit happened while it looked.
     pub commit_generation: u64,
+    /// Highest fences seen that no record holds yet: migrations without a
+    /// record (kept in memory only, at most [`MAX_UNRECORDED_FENCES`]), or
+    /// a raise not yet persisted. Every persisted record takes these in.
+    pub fences: HashMap<MigrationId, u64>,
 }
 
 impl Table {
@@ -115,6 +122,13 @@ impl Table {
     /// Inserts or replaces the record of a migration after a transition
     /// persisted, keeping (or resetting) its in-memory bookkeeping.
     pub fn apply(&mut self, record: MigrationRecord, id: &MigrationId, now: i64) {
+        if self
+            .fences
+            .get(id)
+            .is_some_and(|fence| *fence <= record.highest_fence)
+        {
+            self.fences.remove(id);
+        }
         match self.entries.get_mut(id) {
             Some(entry) => {
                 let reopened =
@@ -138,6 +152,43 @@ impl Table {
                 entry.last_activity_unix_ms = now;
                 self.entries.insert(id.clone(), entry);
             }
+        }
+    }
+
+    /// Highest fence seen for `id`: its record's, or a higher one not yet
+    /// persisted.
+    pub fn highest_fence(&self, id: &MigrationId) -> u64 {
+        let recorded = self
+            .entries
+            .get(id)
+            .map_or(0, |entry| entry.record.highest_fence);
+        recorded.max(self.fences.get(id).copied().unwrap_or(0))
+    }
+
+    /// Remembers `fence` as the highest seen for `id` (in memory, until a
+    /// record takes it in).
+    pub fn raise_fence(&mut self, id: &MigrationId, fence: u64) {
+        if self.fences.len() >= MAX_UNRECORDED_FENCES
+            && !self.fences.contains_key(id)
+            && let Some(evicted) = self
+                .fences
+                .keys()
+                .find(|other| !self.entries.contains_key(*other))
+                .cloned()
+        {
+            self.fences.remove(&evicted);
+        }
+        let highest = self.fences.entry(id.clone()).or_insert(0);
+        *highest = (*highest).max(fence);
+    }
+
+    /// Forgets a deleted migration, keeping its fence in memory so stale
+    /// tokens stay refused while the node runs.
+    pub fn remove(&mut self, id: &MigrationId) {
+        let fence = self.highest_fence(id);
+        self.entries.remove(id);
+        if fence > 0 {
+            self.raise_fence(id, fence);
         }
     }
 
@@ -230,6 +281,32 @@ mod tests {
         let open = table.open_captures();
         assert!(open.claimed.is_empty(), "claims end with the capture");
         assert_eq!(open.oldest_start_unix_ms, None);
+    }
+
+    #[test]
+    fn fences_live_in_memory_until_a_record_takes_them_in() {
+        let mut table = Table::default();
+        assert_eq!(table.highest_fence(&id("a")), 0);
+        table.raise_fence(&id("a"), 7);
+        table.raise_fence(&id("a"), 3);
+        assert_eq!(table.highest_fence(&id("a")), 7, "never lowered");
+        let mut record = MigrationRecord::reservation(&id("a"), 0, 1_000, 0);
+        record.highest_fence = 7;
+        table.apply(record, &id("a"), 1);
+        assert!(table.fences.is_empty(), "the record holds it now");
+        assert_eq!(table.highest_fence(&id("a")), 7);
+        table.remove(&id("a"));
+        assert!(table.entries.is_empty());
+        assert_eq!(table.highest_fence(&id("a")), 7, "kept after deletion");
+    }
+
+    #[test]
+    fn unrecorded_fences_are_bounded() {
+        let mut table = Table::default();
+        for n in 0..=MAX_UNRECORDED_FENCES {
+            table.raise_fence(&id(&format!("m{n}")), 1);
+        }
+        assert_eq!(table.fences.len(), MAX_UNRECORDED_FENCES);
     }
 
     #[test]

@@ -16,9 +16,11 @@ use crate::capacity::{Budget, Capacity, CapacityProbe, FreeSpaceFloor, Space};
 use crate::chunks;
 use crate::config::{CommitStage, Config};
 use crate::error::{Error, Result};
+use crate::fences::Grant;
 use crate::layout::{ChunkId, Layout, MigrationId};
 use crate::migrations::{Entry, Table};
 use crate::record::{self, MigrationRecord, MigrationState};
+use crate::replicate::Peers;
 use crate::tokens::TokenKeys;
 
 /// The node's policy, from its configuration.
@@ -104,6 +106,8 @@ pub(crate) struct Inner {
     pub(crate) references: Mutex<HashMap<MigrationId, Arc<Vec<ChunkId>>>>,
     /// Wakes the sweeper early (a release with zero retention).
     pub(crate) sweep_soon: Notify,
+    /// Clients of the nodes this one replicates to.
+    pub(crate) peers: Peers,
 }
 
 /// Answer to Release.
@@ -204,6 +208,7 @@ impl Node {
                 restores_in_progress: AtomicU32::new(0),
                 references: Mutex::new(HashMap::new()),
                 sweep_soon: Notify::new(),
+                peers: Peers::default(),
             }),
         })
     }
@@ -271,22 +276,11 @@ impl Node {
             .remove(id);
     }
 
-    /// Checks `token` for `role` and returns its claims and migration.
-    pub(crate) fn verify(
-        &self,
-        token: Option<&v1::SignedCapability>,
-        role: CapabilityRole,
-        now: i64,
-    ) -> Result<(v1::Capability, MigrationId)> {
-        let claims = self
-            .inner
-            .tokens
-            .verify(token, role, &self.inner.node_id, now)?;
-        let id = MigrationId::parse(&claims.migration_id)?;
-        Ok((claims, id))
-    }
-
-    pub(crate) async fn persist(&self, record: MigrationRecord) -> Result<MigrationRecord> {
+    /// Writes `record` (taking in the highest fence seen for it, so every
+    /// persisted record carries it); returns what was written.
+    pub(crate) async fn persist(&self, mut record: MigrationRecord) -> Result<MigrationRecord> {
+        let id = record.id()?;
+        record.highest_fence = record.highest_fence.max(self.table().highest_fence(&id));
         let layout = self.inner.layout.clone();
         blocking("write migration record", move || {
             record::save(&layout, &record)?;
@@ -380,14 +374,17 @@ impl Node {
     /// retention clock starts. Idempotent.
     pub async fn release(&self, token: Option<&v1::SignedCapability>) -> Result<Released> {
         let now = now_unix_ms();
-        let (claims, id, role) = match self.verify(token, CapabilityRole::Capture, now) {
-            Ok((claims, id)) => (claims, id, CapabilityRole::Capture),
-            Err(Error::Token(fleetmig_auth::Error::WrongGrant(_))) => {
-                let (claims, id) = self.verify(token, CapabilityRole::Restore, now)?;
-                (claims, id, CapabilityRole::Restore)
-            }
-            Err(err) => return Err(err),
-        };
+        let Grant {
+            claims,
+            migration: id,
+            role,
+        } = self
+            .authorize(
+                token,
+                &[CapabilityRole::Capture, CapabilityRole::Restore],
+                now,
+            )
+            .await?;
         let _transition = self.lock_migration(&id).await;
         let (current, next) = {
             let table = self.table();

@@ -5,6 +5,7 @@
 //!   --Release(capture)--> sealed --Release(restore)--> retained --(sweeper)--> deleted
 //! reserved/capturing --(lease runs out)--> expired --(capture call, if room)--> capturing
 //! expired --(sweeper, after the retention period)--> deleted
+//! reserved/capturing --Commit(REPLICATE)--> sealed        (a copy from another node)
 //! ```
 //!
 //! Only `sealed` and `retained` migrations are restorable. Every transition
@@ -119,6 +120,11 @@ pub struct MigrationRecord {
     /// When a retained or expired migration is deleted.
     #[serde(default)]
     pub delete_after_unix_ms: Option<i64>,
+    /// Highest token fence seen for the migration: tokens with a lower
+    /// (non-zero) fence are refused. Records written before fences were
+    /// kept read as 0.
+    #[serde(default)]
+    pub highest_fence: u64,
 }
 
 impl MigrationRecord {
@@ -137,6 +143,7 @@ impl MigrationRecord {
             lease_expires_unix_ms: lease_expiry(now, lease_ms),
             commit: None,
             delete_after_unix_ms: None,
+            highest_fence: 0,
         }
     }
 
@@ -211,13 +218,25 @@ impl MigrationRecord {
     pub fn capturing(&self, machine_id: &str, now: i64) -> Result<Self> {
         self.check_writable()?;
         self.check_source(machine_id)?;
+        let mut next = self.writing(now)?;
+        next.source_machine_id = Some(machine_id.to_owned());
+        Ok(next)
+    }
+
+    /// Like [`Self::capturing`], for a copy from another node under a
+    /// REPLICATE token: no machine is bound to the migration.
+    pub fn replica_capturing(&self, now: i64) -> Result<Self> {
+        self.writing(now)
+    }
+
+    fn writing(&self, now: i64) -> Result<Self> {
+        self.check_writable()?;
         let mut next = self.clone();
         if self.state == MigrationState::Expired {
             next.started_unix_ms = now;
             next.delete_after_unix_ms = None;
         }
         next.state = MigrationState::Capturing;
-        next.source_machine_id = Some(machine_id.to_owned());
         next.lease_expires_unix_ms = lease_expiry(now, self.lease_ms);
         next.updated_unix_ms = now;
         Ok(next)
@@ -233,6 +252,15 @@ impl MigrationRecord {
         next.reserved_bytes = 0;
         next.commit = Some(info);
         next.updated_unix_ms = now;
+        Ok(next)
+    }
+
+    /// The record after a commit under a REPLICATE token: the copy of a
+    /// migration another node verified is sealed (read-only, restorable) at
+    /// once, without a capture release.
+    pub fn replica_committed(&self, info: CommitInfo, now: i64) -> Result<Self> {
+        let mut next = self.committed(info, now)?;
+        next.state = MigrationState::Sealed;
         Ok(next)
     }
 
@@ -500,6 +528,36 @@ mod tests {
         assert!(committed.expired(3, 0).is_err(), "committed never expires");
         assert!(committed.capturing("pc", 3).is_err(), "writes refused");
         assert!(committed.reserved_again(1, 1, 3).is_err());
+    }
+
+    #[test]
+    fn a_replica_commit_is_sealed_at_once_and_binds_no_machine() {
+        let capturing = MigrationRecord::reservation(&id(), 100, 1_000, 0)
+            .replica_capturing(1)
+            .unwrap();
+        assert_eq!(capturing.state, MigrationState::Capturing);
+        assert_eq!(capturing.source_machine_id, None);
+        let sealed = capturing.replica_committed(info(), 2).unwrap();
+        assert_eq!(sealed.state, MigrationState::Sealed);
+        assert_eq!(sealed.reserved_bytes, 0);
+        assert!(sealed.check_restorable().is_ok());
+        assert!(sealed.replica_capturing(3).is_err(), "read-only");
+        assert_eq!(
+            sealed.sealed(3).unwrap(),
+            None,
+            "a capture release is a no-op"
+        );
+    }
+
+    #[test]
+    fn records_without_a_fence_read_as_zero() {
+        let mut record = MigrationRecord::reservation(&id(), 1, 2, 3);
+        record.highest_fence = 9;
+        let mut json: serde_json::Value = serde_json::to_value(&record).unwrap();
+        assert_eq!(json["highest_fence"], 9);
+        json.as_object_mut().unwrap().remove("highest_fence");
+        let old: MigrationRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(old.highest_fence, 0);
     }
 
     #[test]

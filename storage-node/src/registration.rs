@@ -1,13 +1,18 @@
-//! Registering with the controller's `StorageRegistry` and reporting capacity.
+//! Registering with the controllers' `StorageRegistry` and reporting capacity.
 //!
-//! The node registers (retrying with capped exponential backoff and jitter
-//! while the controller is unreachable), then reports its capacity every
-//! `report_interval_ms` the controller asked for. A controller that answers
+//! The node may be given several controllers (one fleet: e.g. an HA group
+//! or the controllers of a migration); it keeps itself registered with
+//! every one of them, each in a task of its own, so a dead or slow
+//! controller never delays the others. For each, the node registers
+//! (retrying with capped exponential backoff and jitter while the
+//! controller is unreachable), then reports its capacity every
+//! `report_interval_ms` that controller asked for. A controller that answers
 //! `NotFound` to a report has forgotten the node (e.g. it lost its state), so
-//! the node registers again.
+//! the node registers with it again.
 //!
 //! Each registration answer carries the controller's token public key; the
-//! node keeps it (see `tokens.rs`) to verify capability tokens.
+//! node keeps the first one (see `tokens.rs`) to verify capability tokens,
+//! and logs an error when a controller hands out another.
 
 use std::time::Duration;
 
@@ -21,6 +26,7 @@ use tonic::{Code, Status};
 use crate::error::{Error, Result};
 use crate::node::Node;
 use crate::service::capacity_report;
+use crate::tokens::Offer;
 
 /// How long establishing a connection to the controller may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -59,7 +65,50 @@ pub fn registry_client(url: &str) -> Result<StorageRegistryClient<Channel>> {
         .max_encoding_message_size(fleetmig_proto::MAX_CONTROL_MESSAGE_BYTES))
 }
 
-/// Keeps the node registered until `shutdown` is cancelled.
+/// Keeps the node registered with every controller of `controller_urls`
+/// (duplicates ignored), one task each, until `shutdown` is cancelled.
+///
+/// Every URL is checked first. Returns an error when a URL is invalid or a
+/// controller refuses the node outright (retrying cannot help), which the
+/// caller treats as fatal; the other tasks are then stopped.
+pub async fn run_all(
+    identity: NodeIdentity,
+    controller_urls: Vec<String>,
+    node: Node,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let mut urls: Vec<String> = Vec::with_capacity(controller_urls.len());
+    for url in controller_urls {
+        registry_client(&url)?;
+        if !urls.contains(&url) {
+            urls.push(url);
+        }
+    }
+    let stop = shutdown.child_token();
+    let mut tasks = tokio::task::JoinSet::new();
+    for url in urls {
+        tasks.spawn(run(identity.clone(), url, node.clone(), stop.clone()));
+    }
+    let mut outcome = Ok(());
+    while let Some(joined) = tasks.join_next().await {
+        let result = joined.unwrap_or_else(|err| {
+            Err(Error::Task {
+                task: "registration",
+                reason: err.to_string(),
+            })
+        });
+        if let Err(err) = result {
+            if outcome.is_ok() {
+                outcome = Err(err);
+            }
+            stop.cancel();
+        }
+    }
+    outcome
+}
+
+/// Keeps the node registered with one controller until `shutdown` is
+/// cancelled.
 ///
 /// Returns an error only when the controller refuses the node outright
 /// (retrying cannot help), which the caller treats as fatal.
@@ -83,6 +132,7 @@ pub async fn run(
             ReportEnd::Shutdown => return Ok(()),
             ReportEnd::Forgotten => tracing::warn!(
                 node_id = %registrar.identity.node_id,
+                controller = %registrar.controller_url,
                 "controller no longer knows this node; registering again"
             ),
         }
@@ -172,7 +222,8 @@ impl Registrar {
         }
     }
 
-    /// Keeps the controller's token key (a bad one is logged: tokens stay
+    /// Keeps the controller's token key if the node has none (a bad one,
+    /// or one differing from the key in use, is logged: tokens stay
     /// verifiable with the key held so far).
     async fn take_token_key(&self, key: Vec<u8>) {
         if key.is_empty() {
@@ -182,8 +233,18 @@ impl Registrar {
         let tokens = self.node.tokens().clone();
         let stored = tokio::task::spawn_blocking(move || tokens.offer_blocking(&key)).await;
         match stored {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => tracing::error!(error = %err, "cannot keep the controller's token key"),
+            Ok(Ok(Offer::Taken | Offer::Unchanged)) => {}
+            Ok(Ok(Offer::Conflict { in_use, offered })) => tracing::error!(
+                controller = %self.controller_url,
+                in_use = %in_use,
+                offered = %offered,
+                "this controller hands out another token key than the one in use; keeping the key in use (all controllers of a fleet must share one signing key)"
+            ),
+            Ok(Err(err)) => tracing::error!(
+                controller = %self.controller_url,
+                error = %err,
+                "cannot keep the controller's token key"
+            ),
             Err(err) => tracing::error!(error = %err, "token key task failed"),
         }
     }

@@ -31,7 +31,7 @@ pub struct ChunkPayload {
 }
 
 /// Counts a restore call or stream as a client session while alive.
-struct RestoreSession(Arc<Inner>);
+pub(crate) struct RestoreSession(Arc<Inner>);
 
 impl Drop for RestoreSession {
     fn drop(&mut self) {
@@ -40,7 +40,7 @@ impl Drop for RestoreSession {
 }
 
 impl Node {
-    fn restore_session(&self) -> RestoreSession {
+    pub(crate) fn restore_session(&self) -> RestoreSession {
         self.inner
             .restores_in_progress
             .fetch_add(1, Ordering::Relaxed);
@@ -62,17 +62,31 @@ impl Node {
         token: Option<&v1::SignedCapability>,
     ) -> Result<(Vec<u8>, String)> {
         let now = now_unix_ms();
-        let (_claims, id) = self.verify(token, CapabilityRole::Restore, now)?;
+        let id = self
+            .authorize(token, &[CapabilityRole::Restore], now)
+            .await?
+            .migration;
         let _session = self.restore_session();
         let record = self.restorable(&id)?;
         let digest = record
             .commit
             .map(|info| info.manifest_digest)
             .unwrap_or_default();
-        let path = self.inner.layout.manifest_path(&id);
+        let manifest = self
+            .read_manifest(&id, &digest)
+            .await
+            .inspect_err(|err| tracing::error!(error = %err, "refusing to serve a manifest"))?;
+        Ok((manifest, digest))
+    }
+
+    /// The sealed manifest of committed migration `id`, checked against
+    /// `digest` (`DATA_LOSS` if it does not match or cannot be read).
+    pub(crate) async fn read_manifest(&self, id: &MigrationId, digest: &str) -> Result<Vec<u8>> {
+        let path = self.inner.layout.manifest_path(id);
         let node_id = self.inner.node_id.clone();
-        let expected = digest.clone();
-        let manifest = blocking("read manifest", move || {
+        let expected = digest.to_owned();
+        let id = id.clone();
+        blocking("read manifest", move || {
             let corrupt = |reason: String| Error::CorruptManifest {
                 migration_id: id.to_string(),
                 node_id: node_id.clone(),
@@ -86,8 +100,6 @@ impl Node {
             Ok(manifest)
         })
         .await
-        .inspect_err(|err| tracing::error!(error = %err, "refusing to serve a manifest"))?;
-        Ok((manifest, digest))
     }
 
     /// GetChunks (role RESTORE): streams the asked chunks of a sealed or
@@ -100,7 +112,10 @@ impl Node {
         chunk_ids: &[u8],
     ) -> Result<mpsc::Receiver<Result<ChunkPayload>>> {
         let now = now_unix_ms();
-        let (_claims, id) = self.verify(token, CapabilityRole::Restore, now)?;
+        let id = self
+            .authorize(token, &[CapabilityRole::Restore], now)
+            .await?
+            .migration;
         let session = self.restore_session();
         let ids = parse_chunk_ids(chunk_ids, MAX_GET_CHUNKS_IDS, "chunk_ids")?;
         self.restorable(&id)?;
@@ -146,7 +161,7 @@ impl Node {
     }
 
     /// The sorted chunk list of committed migration `id` (cached).
-    async fn references(&self, id: &MigrationId) -> Result<Arc<Vec<ChunkId>>> {
+    pub(crate) async fn references(&self, id: &MigrationId) -> Result<Arc<Vec<ChunkId>>> {
         let cached = self
             .inner
             .references

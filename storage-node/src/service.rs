@@ -6,9 +6,10 @@ use std::pin::Pin;
 use fleetmig_proto::v1::storage_node_server::{StorageNode, StorageNodeServer};
 use fleetmig_proto::v1::{
     CapacityReport, ChunkData, CommitRequest, CommitResponse, GetCapacityRequest, GetChunksRequest,
-    GetManifestRequest, GetManifestResponse, MissingChunksRequest, MissingChunksResponse,
-    PutChunkRequest, PutChunksResponse, ReleaseRequest, ReleaseResponse, ReserveRequest,
-    ReserveResponse,
+    GetManifestRequest, GetManifestResponse, ListMigrationsRequest, ListMigrationsResponse,
+    MigrationEntry, MissingChunksRequest, MissingChunksResponse, PutChunkRequest,
+    PutChunksResponse, ReleaseRequest, ReleaseResponse, ReplicateRequest, ReplicateResponse,
+    ReserveRequest, ReserveResponse,
 };
 use futures::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
@@ -198,16 +199,52 @@ impl StorageNode for StorageNodeService {
 
     async fn replicate(
         &self,
-        _request: Request<fleetmig_proto::v1::ReplicateRequest>,
-    ) -> Result<Response<fleetmig_proto::v1::ReplicateResponse>, Status> {
-        Err(Status::unimplemented("replicate: being built"))
+        request: Request<ReplicateRequest>,
+    ) -> Result<Response<ReplicateResponse>, Status> {
+        let request = request.into_inner();
+        let summary = self
+            .node
+            .replicate(
+                request.token.as_ref(),
+                &request.target_endpoint,
+                request.target_token.as_ref(),
+            )
+            .await
+            .map_err(|err| {
+                // The caller retries; the log says why a copy is behind.
+                tracing::warn!(target_endpoint = %request.target_endpoint, error = %err, "replicate failed");
+                Status::from(err)
+            })?;
+        Ok(Response::new(ReplicateResponse {
+            chunks: u32::try_from(summary.chunks).unwrap_or(u32::MAX),
+            chunks_sent: u32::try_from(summary.chunks_sent).unwrap_or(u32::MAX),
+            bytes_sent: summary.bytes_sent,
+            already_committed: summary.already_committed,
+        }))
     }
 
     async fn list_migrations(
         &self,
-        _request: Request<fleetmig_proto::v1::ListMigrationsRequest>,
-    ) -> Result<Response<fleetmig_proto::v1::ListMigrationsResponse>, Status> {
-        Err(Status::unimplemented("list migrations: being built"))
+        request: Request<ListMigrationsRequest>,
+    ) -> Result<Response<ListMigrationsResponse>, Status> {
+        let request = request.into_inner();
+        let page = self
+            .node
+            .list_migrations(request.token.as_ref(), &request.start_after, request.limit)
+            .await
+            .map_err(|err| refused("list_migrations", err))?;
+        Ok(Response::new(ListMigrationsResponse {
+            migrations: page
+                .migrations
+                .into_iter()
+                .map(|listed| MigrationEntry {
+                    migration_id: listed.migration_id,
+                    state: listed.state.name().to_owned(),
+                    manifest_digest: listed.manifest_digest,
+                })
+                .collect(),
+            more: page.more,
+        }))
     }
 
     async fn release(

@@ -178,7 +178,7 @@ impl Node {
                 record::remove(&layout, &files_id)
             })
             .await?;
-            self.table().entries.remove(&id);
+            self.table().remove(&id);
             self.forget_migration(&id);
             tracing::info!(migration_id = %id, "migration deleted");
             deleted.push(id);

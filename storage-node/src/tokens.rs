@@ -2,8 +2,12 @@
 //!
 //! The key arrives with every `RegisterNodeResponse` and is kept in
 //! `controller-token.pub` (hex) so a restarted node verifies tokens before
-//! it reaches the controller again. `--token-public-key FILE` pins a key
-//! instead; the controller's is then ignored.
+//! it reaches the controller again. Every controller of a fleet hands out
+//! the same key; the first one the node holds (stored, or received) stays in
+//! use, and a registration handing out another is logged as an error and
+//! ignored (to change the key, stop the node and remove the file).
+//! `--token-public-key FILE` pins a key instead; the controllers' are then
+//! ignored.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -67,6 +71,18 @@ impl TokenKeys {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Checks `token` for one of `roles` on node `node_id` at `now_unix_ms`.
+    pub fn verify_any(
+        &self,
+        token: Option<&v1::SignedCapability>,
+        roles: &[v1::CapabilityRole],
+        node_id: &str,
+        now_unix_ms: i64,
+    ) -> Result<v1::Capability> {
+        let verifier = self.read().clone().ok_or(Error::NoControllerKey)?;
+        Ok(verifier.verify_any(token, roles, node_id, now_unix_ms)?)
+    }
+
     /// Checks `token` for `role` on node `node_id` at `now_unix_ms`.
     pub fn verify(
         &self,
@@ -86,21 +102,30 @@ impl TokenKeys {
         )?)
     }
 
-    /// Takes the key the controller handed out at registration: stores it
-    /// (blocking: call off the runtime) and uses it from now on. A pinned
-    /// key is kept; a changed key is logged.
-    pub fn offer_blocking(&self, key: &[u8]) -> Result<()> {
+    /// Takes the key a controller handed out at registration: the first key
+    /// is stored (blocking: call off the runtime) and used from then on. A
+    /// pinned key is kept (a different offer is a warning); a key in use is
+    /// never replaced by a different offer ([`Offer::Conflict`]: the caller
+    /// logs it as an error).
+    pub fn offer_blocking(&self, key: &[u8]) -> Result<Offer> {
         if key.is_empty() {
-            return Ok(());
+            return Ok(Offer::Unchanged);
         }
         let offered =
             TokenVerifier::from_public_key(key).map_err(|err| Error::ControllerKeyFile {
                 path: self.inner.stored_key_file.clone(),
                 reason: format!("the controller handed out an unusable key: {err}"),
             })?;
-        let current = self.read().as_ref().map(TokenVerifier::public_key);
+        // Held for writing throughout: two registrations answering at once
+        // cannot both install a key.
+        let mut verifier = self
+            .inner
+            .verifier
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let current = verifier.as_ref().map(TokenVerifier::public_key);
         if current == Some(offered.public_key()) {
-            return Ok(());
+            return Ok(Offer::Unchanged);
         }
         if let Some(pinned) = &self.inner.pinned_from {
             tracing::warn!(
@@ -108,7 +133,13 @@ impl TokenKeys {
                 offered = %hex::encode(key),
                 "the controller's token key differs from the pinned one; keeping the pinned key"
             );
-            return Ok(());
+            return Ok(Offer::Unchanged);
+        }
+        if let Some(in_use) = current {
+            return Ok(Offer::Conflict {
+                in_use: hex::encode(in_use),
+                offered: hex::encode(key),
+            });
         }
         let path = &self.inner.stored_key_file;
         durable::write_atomically(path, format!("{}\n", hex::encode(key)).as_bytes()).map_err(
@@ -117,21 +148,26 @@ impl TokenKeys {
                 reason: err.to_string(),
             },
         )?;
-        match current {
-            Some(old) => tracing::warn!(
-                old = %hex::encode(old),
-                new = %hex::encode(key),
-                "the controller's token key changed; tokens signed with the old key are refused from now on"
-            ),
-            None => tracing::info!(key = %hex::encode(key), "controller token key received"),
-        }
-        *self
-            .inner
-            .verifier
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(offered);
-        Ok(())
+        tracing::info!(key = %hex::encode(key), "controller token key received");
+        *verifier = Some(offered);
+        Ok(Offer::Taken)
     }
+}
+
+/// What became of a key a controller handed out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Offer {
+    /// The node had no key: this one is stored and used from now on.
+    Taken,
+    /// The node already uses this key (or a pinned one); nothing changed.
+    Unchanged,
+    /// The node uses another key and keeps it: the controllers disagree.
+    Conflict {
+        /// The key in use, hex.
+        in_use: String,
+        /// The key offered, hex.
+        offered: String,
+    },
 }
 
 /// Reads a key file: 64 hex characters, surrounding whitespace ignored.
@@ -188,12 +224,15 @@ mod tests {
     }
 
     #[test]
-    fn the_controller_key_is_stored_reloaded_and_replaced() {
+    fn the_first_controller_key_is_stored_reloaded_and_kept() {
         let dir = tempfile::tempdir().unwrap();
         let stored = dir.path().join("controller-token.pub");
         let first = TokenSigner::from_seed([3; 32]);
         let keys = TokenKeys::load(stored.clone(), None).unwrap();
-        keys.offer_blocking(&first.public_key()).unwrap();
+        assert_eq!(
+            keys.offer_blocking(&first.public_key()).unwrap(),
+            Offer::Taken
+        );
         let on_disk = std::fs::read_to_string(&stored).unwrap();
         assert_eq!(on_disk.trim(), hex::encode(first.public_key()));
 
@@ -208,8 +247,21 @@ mod tests {
             .unwrap();
         assert_eq!(claims.migration_id, "m");
 
+        // Another key (a controller of another fleet, or a rotation) never
+        // replaces the one in use.
         let second = TokenSigner::from_seed([4; 32]);
-        reloaded.offer_blocking(&second.public_key()).unwrap();
+        let offer = reloaded.offer_blocking(&second.public_key()).unwrap();
+        assert_eq!(
+            offer,
+            Offer::Conflict {
+                in_use: hex::encode(first.public_key()),
+                offered: hex::encode(second.public_key()),
+            }
+        );
+        assert_eq!(
+            reloaded.offer_blocking(&first.public_key()).unwrap(),
+            Offer::Unchanged
+        );
         assert!(
             reloaded
                 .verify(
@@ -218,8 +270,8 @@ mod tests {
                     "n",
                     1
                 )
-                .is_err(),
-            "old key no longer accepted"
+                .is_ok(),
+            "the first key stays in use"
         );
         assert!(
             reloaded
@@ -229,8 +281,10 @@ mod tests {
                     "n",
                     1
                 )
-                .is_ok()
+                .is_err()
         );
+        let on_disk = std::fs::read_to_string(&stored).unwrap();
+        assert_eq!(on_disk.trim(), hex::encode(first.public_key()));
     }
 
     #[test]

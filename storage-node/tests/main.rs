@@ -5,10 +5,14 @@
 mod capture;
 mod crash;
 mod disk_full;
+mod fences;
 mod integrity;
+mod inventory;
 mod limits;
 mod registration;
+mod replication;
 mod support;
 mod sweeping;
 mod throughput;
 mod tokens;
+mod two_nodes;

@@ -411,3 +411,194 @@ async fn without_a_key_migration_calls_are_unavailable() {
     );
     fixture.stop().await.expect("clean shutdown");
 }
+
+/// A fake controller on its own port.
+struct FakeController {
+    url: String,
+    seen: mpsc::UnboundedReceiver<Seen>,
+    shutdown: CancellationToken,
+}
+
+impl FakeController {
+    async fn start(script: Script) -> Self {
+        let (seen_tx, seen) = mpsc::unbounded_channel();
+        let registry = FakeRegistry {
+            script: Arc::new(Mutex::new(script)),
+            seen: seen_tx,
+        };
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind controller");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let shutdown = CancellationToken::new();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(StorageRegistryServer::new(registry))
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(listener),
+                    shutdown.clone().cancelled_owned(),
+                ),
+        );
+        Self {
+            url,
+            seen,
+            shutdown,
+        }
+    }
+
+    /// Waits for the next capacity report, within `limit`, skipping anything else.
+    async fn next_report(&mut self, limit: Duration) {
+        loop {
+            let seen = tokio::time::timeout(limit, self.seen.recv())
+                .await
+                .expect("the controller got a report in time")
+                .expect("controller running");
+            if let Seen::Report(_) = seen {
+                return;
+            }
+        }
+    }
+
+    /// Waits for a registration and then a capacity report, within `limit`.
+    async fn registration_and_report(&mut self, limit: Duration) -> RegisterNodeRequest {
+        let registration = loop {
+            let seen = tokio::time::timeout(limit, self.seen.recv())
+                .await
+                .expect("the controller heard from the node in time")
+                .expect("controller running");
+            if let Seen::Register(request) = seen {
+                break request;
+            }
+        };
+        loop {
+            let seen = tokio::time::timeout(limit, self.seen.recv())
+                .await
+                .expect("the controller got a report in time")
+                .expect("controller running");
+            if let Seen::Report(_) = seen {
+                return registration;
+            }
+        }
+    }
+}
+
+/// Starts a node (in-process) registering with `controllers`.
+async fn start_node(
+    controllers: &[&str],
+) -> (
+    tempfile::TempDir,
+    Config,
+    CancellationToken,
+    tokio::task::JoinHandle<fleetmig_storage_node::Result<()>>,
+    std::net::SocketAddr,
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = Config::new(dir.path().join("storage"), controllers.join(","));
+    config.shutdown_grace_ms = Duration::from_secs(2);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind node");
+    let addr = listener.local_addr().expect("node addr");
+    let shutdown = CancellationToken::new();
+    let node = tokio::spawn(fleetmig_storage_node::serve(
+        config.clone(),
+        listener,
+        shutdown.clone(),
+    ));
+    (dir, config, shutdown, node, addr)
+}
+
+#[tokio::test]
+async fn registers_with_every_controller_and_a_dead_one_delays_none() {
+    let mut first = FakeController::start(Script::default()).await;
+    let mut second = FakeController::start(Script {
+        // Starting up for a while: the node keeps retrying this one alone.
+        unavailable_registrations: 3,
+        ..Script::default()
+    })
+    .await;
+    // Accepts connections and never answers.
+    let black_hole = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let black_hole_url = format!("http://{}", black_hole.local_addr().expect("addr"));
+    let (_dir, _config, shutdown, node, _addr) =
+        start_node(&[&first.url, &black_hole_url, &second.url, &first.url]).await;
+
+    let quick = Duration::from_secs(3);
+    let from_first = first.registration_and_report(quick).await;
+    let from_second = second.registration_and_report(WAIT).await;
+    assert_eq!(from_first.node_id, from_second.node_id);
+    assert_eq!(from_first.endpoint, from_second.endpoint);
+    // Reports keep going to both, independently.
+    first.next_report(quick).await;
+    first.next_report(quick).await;
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, node)
+        .await
+        .expect("node stops in time")
+        .expect("no panic")
+        .expect("clean shutdown");
+    first.shutdown.cancel();
+    second.shutdown.cancel();
+    drop(black_hole);
+}
+
+#[tokio::test]
+async fn the_first_token_key_stays_when_another_controller_differs() {
+    let first_signer = fleetmig_auth::TokenSigner::from_seed([81; 32]);
+    let other_signer = fleetmig_auth::TokenSigner::from_seed([82; 32]);
+    let mut first = FakeController::start(Script {
+        token_public_key: first_signer.public_key().to_vec(),
+        ..Script::default()
+    })
+    .await;
+    let mut other = FakeController::start(Script {
+        // Answers after the first controller did.
+        unavailable_registrations: 2,
+        token_public_key: other_signer.public_key().to_vec(),
+        ..Script::default()
+    })
+    .await;
+    let (_dir, config, shutdown, node, addr) = start_node(&[&first.url, &other.url]).await;
+    let registered = first.registration_and_report(WAIT).await;
+    other.registration_and_report(WAIT).await;
+
+    let key_file = config.data_dir.join("controller-token.pub");
+    let text = wait_for_file(&key_file).await;
+    assert_eq!(text.trim(), hex::encode(first_signer.public_key()));
+    let token = |signer: &fleetmig_auth::TokenSigner| {
+        let now = fleetmig_storage_node::node::now_unix_ms();
+        signer.sign(&Capability {
+            machine_id: "pc-1".into(),
+            migration_id: "m1".into(),
+            node_id: registered.node_id.clone(),
+            role: CapabilityRole::Capture as i32,
+            issued_unix_ms: now,
+            expires_unix_ms: now + 60_000,
+            fence: 1,
+        })
+    };
+    let mut client = StorageNodeClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect to node");
+    let status = client
+        .missing_chunks(MissingChunksRequest {
+            token: Some(token(&other_signer)),
+            chunk_ids: vec![1; 32],
+        })
+        .await
+        .expect_err("the other key is not in use");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    client
+        .missing_chunks(MissingChunksRequest {
+            token: Some(token(&first_signer)),
+            chunk_ids: vec![1; 32],
+        })
+        .await
+        .expect("the first key stays in use");
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, node)
+        .await
+        .expect("node stops in time")
+        .expect("no panic")
+        .expect("clean shutdown");
+    first.shutdown.cancel();
+    other.shutdown.cancel();
+}

@@ -38,6 +38,8 @@ pub struct TestNode {
     pub node: Node,
     /// Client connected to it.
     pub client: StorageNodeClient<Channel>,
+    /// The URL it serves at (`http://127.0.0.1:PORT`).
+    pub url: String,
     /// The controller key the node trusts.
     pub signer: TokenSigner,
     shutdown: CancellationToken,
@@ -83,12 +85,14 @@ impl TestNode {
             listener,
             shutdown.clone(),
         ));
-        let client = connect(&format!("http://{addr}")).await;
+        let url = format!("http://{addr}");
+        let client = connect(&url).await;
         Self {
             _dir: dir,
             config,
             node,
             client,
+            url,
             signer,
             shutdown,
             task,
@@ -145,6 +149,87 @@ impl TestNode {
             expires_unix_ms: now + 60_000,
             fence: 1,
         }
+    }
+
+    /// A token for `role` on `migration`, issued to `machine`, with `fence`.
+    pub fn fenced(
+        &self,
+        role: CapabilityRole,
+        migration: &str,
+        machine: &str,
+        fence: u64,
+    ) -> SignedCapability {
+        let mut claims = self.claims(role, migration, machine);
+        claims.fence = fence;
+        self.signer.sign(&claims)
+    }
+
+    /// A REPLICATE token for `migration` on this node (the controller's:
+    /// no machine, fence 0).
+    pub fn replica(&self, migration: &str) -> SignedCapability {
+        self.fenced(CapabilityRole::Replicate, migration, "", 0)
+    }
+
+    /// An INVENTORY token for this node.
+    pub fn inventory(&self) -> SignedCapability {
+        self.fenced(CapabilityRole::Inventory, "", "", 0)
+    }
+
+    /// Replicate `token`'s migration from this node to `target` with
+    /// `target_token`.
+    pub async fn replicate_to(
+        &self,
+        token: SignedCapability,
+        target: &TestNode,
+        target_token: SignedCapability,
+    ) -> Result<v1::ReplicateResponse, Status> {
+        self.client
+            .clone()
+            .replicate(v1::ReplicateRequest {
+                token: Some(token),
+                target_endpoint: target.url.clone(),
+                target_token: Some(target_token),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// ListMigrations with `token`.
+    pub async fn list_with(
+        &self,
+        token: SignedCapability,
+        start_after: &str,
+        limit: u32,
+    ) -> Result<v1::ListMigrationsResponse, Status> {
+        self.client
+            .clone()
+            .list_migrations(v1::ListMigrationsRequest {
+                token: Some(token),
+                start_after: start_after.to_owned(),
+                limit,
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Commit with `token` of `manifest` referencing `chunks`.
+    pub async fn commit_with(
+        &self,
+        token: SignedCapability,
+        manifest: &[u8],
+        chunks: &[&TestChunk],
+    ) -> Result<CommitResponse, Status> {
+        self.client
+            .clone()
+            .commit(CommitRequest {
+                token: Some(token),
+                manifest: manifest.to_vec(),
+                chunk_ids: concat_ids(chunks),
+                manifest_digest: blake3::hash(manifest).to_hex().to_string(),
+                logical_bytes: 12_345,
+            })
+            .await
+            .map(tonic::Response::into_inner)
     }
 
     /// A capture token of `pc-1` for `migration`.
@@ -247,17 +332,8 @@ impl TestNode {
         manifest: &[u8],
         chunks: &[&TestChunk],
     ) -> Result<CommitResponse, Status> {
-        self.client
-            .clone()
-            .commit(CommitRequest {
-                token: Some(self.capture(migration)),
-                manifest: manifest.to_vec(),
-                chunk_ids: concat_ids(chunks),
-                manifest_digest: blake3::hash(manifest).to_hex().to_string(),
-                logical_bytes: 12_345,
-            })
+        self.commit_with(self.capture(migration), manifest, chunks)
             .await
-            .map(tonic::Response::into_inner)
     }
 
     /// Release with `token`.
