@@ -5,7 +5,13 @@
 //! nodes verify them offline with the controller's Ed25519 public key. Only
 //! the source machine gets a `CAPTURE` token for its migration and only the
 //! associated destination a `RESTORE` token, so a node needs no view of the
-//! controller's state to refuse everybody else.
+//! controller's state to refuse everybody else. The controller keeps
+//! `RESERVE`, `REPLICATE` (copying a migration between nodes) and
+//! `INVENTORY` (listing a node's migrations; names no migration) for itself.
+//!
+//! Every token carries the job's fence; a node remembers the highest fence
+//! it has seen per migration and refuses lower ones ([`is_stale_fence`];
+//! fence [`UNFENCED`] is exempt).
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use fleetmig_proto::v1::{self, CapabilityRole};
@@ -149,6 +155,19 @@ impl TokenVerifier {
         token: Option<&v1::SignedCapability>,
         need: Requirement<'_>,
     ) -> Result<v1::Capability> {
+        self.verify_any(token, &[need.role], need.node_id, need.now_unix_ms)
+    }
+
+    /// Like [`Self::verify`], for a call that more than one role grants
+    /// (e.g. `Commit` takes CAPTURE or REPLICATE). The caller reads the
+    /// role the token holds from the claims.
+    pub fn verify_any(
+        &self,
+        token: Option<&v1::SignedCapability>,
+        roles: &[CapabilityRole],
+        node_id: &str,
+        now_unix_ms: i64,
+    ) -> Result<v1::Capability> {
         let token = token.ok_or(Error::Missing)?;
         let signature: [u8; 64] = token.signature.as_slice().try_into().map_err(|_| {
             Error::Malformed(format!(
@@ -161,35 +180,68 @@ impl TokenVerifier {
             .map_err(|_| Error::BadSignature)?;
         let claims = v1::Capability::decode(token.claims.as_slice())
             .map_err(|error| Error::Malformed(format!("claims do not decode: {error}")))?;
-        if claims.expires_unix_ms <= need.now_unix_ms {
+        if claims.expires_unix_ms <= now_unix_ms {
             return Err(Error::Expired {
                 migration_id: claims.migration_id,
                 expires_unix_ms: claims.expires_unix_ms,
-                now_unix_ms: need.now_unix_ms,
+                now_unix_ms,
             });
         }
-        if claims.node_id != need.node_id {
+        if claims.node_id != node_id {
             return Err(Error::WrongGrant(format!(
                 "issued for node {:?}, presented to node {:?}",
-                claims.node_id, need.node_id
+                claims.node_id, node_id
             )));
         }
-        if claims.role != need.role as i32 {
-            let role = CapabilityRole::try_from(claims.role)
-                .map(|r| r.as_str_name())
-                .unwrap_or("unknown");
+        let role = CapabilityRole::try_from(claims.role).ok();
+        if !role.is_some_and(|role| roles.contains(&role)) {
+            let held = role.map_or("unknown", |r| r.as_str_name());
+            let needed: Vec<&str> = roles.iter().map(|r| r.as_str_name()).collect();
             return Err(Error::WrongGrant(format!(
-                "role {role} on migration {}, the call needs {}",
+                "role {held} on migration {}, the call needs {}",
                 claims.migration_id,
-                need.role.as_str_name()
+                needed.join(" or ")
             )));
         }
-        if claims.migration_id.is_empty() || claims.machine_id.is_empty() {
-            return Err(Error::Malformed(
-                "claims name no migration or machine".into(),
-            ));
-        }
+        check_subject(&claims, role.unwrap_or(CapabilityRole::Unspecified))?;
         Ok(claims)
+    }
+}
+
+/// The fence of a token not tied to a job attempt. Job fences are
+/// `epoch << 32 | attempt` with `attempt >= 1`, so a worker never holds
+/// fence 0; the controller signs its own tokens (RESERVE before a job has an
+/// owner, REPLICATE, INVENTORY) with it. A node neither refuses an unfenced
+/// token as stale nor lets it raise the highest fence it has seen.
+pub const UNFENCED: u64 = 0;
+
+/// Whether a token with fence `presented` is stale for a migration whose
+/// highest fence seen so far is `highest` (see [`UNFENCED`]).
+pub fn is_stale_fence(presented: u64, highest: u64) -> bool {
+    presented != UNFENCED && presented < highest
+}
+
+/// Checks the claims name what their role needs: an INVENTORY token names
+/// no migration (it covers the whole node) and no machine is required of it
+/// or of a REPLICATE token (the controller holds those, not a machine);
+/// every other role names both a migration and a machine.
+fn check_subject(claims: &v1::Capability, role: CapabilityRole) -> Result<()> {
+    match role {
+        CapabilityRole::Inventory if !claims.migration_id.is_empty() => {
+            Err(Error::Malformed(format!(
+                "an INVENTORY token names no migration, this one names {:?}",
+                claims.migration_id
+            )))
+        }
+        CapabilityRole::Inventory => Ok(()),
+        CapabilityRole::Replicate if claims.migration_id.is_empty() => {
+            Err(Error::Malformed("claims name no migration".into()))
+        }
+        CapabilityRole::Replicate => Ok(()),
+        _ if claims.migration_id.is_empty() || claims.machine_id.is_empty() => Err(
+            Error::Malformed("claims name no migration or machine".into()),
+        ),
+        _ => Ok(()),
     }
 }
 
@@ -275,6 +327,75 @@ mod tests {
             verifier.verify(Some(&foreign), need(CapabilityRole::Capture)),
             Err(Error::BadSignature)
         ));
+    }
+
+    #[test]
+    fn a_call_may_accept_several_roles() {
+        let signer = TokenSigner::from_seed([1; 32]);
+        let verifier = TokenVerifier::from_public_key(&signer.public_key()).unwrap();
+        let roles = [CapabilityRole::Capture, CapabilityRole::Replicate];
+        let mut replicate = claims(CapabilityRole::Replicate, 2_000);
+        replicate.machine_id.clear();
+        let got = verifier
+            .verify_any(Some(&signer.sign(&replicate)), &roles, "node-a", 1_000)
+            .expect("a REPLICATE token needs no machine");
+        assert_eq!(got.role, CapabilityRole::Replicate as i32);
+        let restore = signer.sign(&claims(CapabilityRole::Restore, 2_000));
+        let err = verifier
+            .verify_any(Some(&restore), &roles, "node-a", 1_000)
+            .expect_err("restore grants neither");
+        assert!(
+            err.to_string().contains(
+                "role CAPABILITY_ROLE_RESTORE on migration wave.m1, the call needs CAPABILITY_ROLE_CAPTURE or CAPABILITY_ROLE_REPLICATE"
+            ),
+            "{err}"
+        );
+        let mut capture = claims(CapabilityRole::Capture, 2_000);
+        capture.machine_id.clear();
+        assert!(matches!(
+            verifier.verify_any(Some(&signer.sign(&capture)), &roles, "node-a", 1_000),
+            Err(Error::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn inventory_tokens_name_no_migration() {
+        let signer = TokenSigner::from_seed([1; 32]);
+        let verifier = TokenVerifier::from_public_key(&signer.public_key()).unwrap();
+        let mut inventory = claims(CapabilityRole::Inventory, 2_000);
+        assert!(matches!(
+            verifier.verify(
+                Some(&signer.sign(&inventory)),
+                need(CapabilityRole::Inventory)
+            ),
+            Err(Error::Malformed(_))
+        ));
+        inventory.migration_id.clear();
+        inventory.machine_id.clear();
+        verifier
+            .verify(
+                Some(&signer.sign(&inventory)),
+                need(CapabilityRole::Inventory),
+            )
+            .expect("an INVENTORY token covers the node");
+        let mut replicate = claims(CapabilityRole::Replicate, 2_000);
+        replicate.migration_id.clear();
+        assert!(matches!(
+            verifier.verify(
+                Some(&signer.sign(&replicate)),
+                need(CapabilityRole::Replicate)
+            ),
+            Err(Error::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn lower_fences_are_stale_and_fence_zero_never_is() {
+        assert!(!is_stale_fence(5, 5));
+        assert!(!is_stale_fence(6, 5));
+        assert!(is_stale_fence(4, 5));
+        assert!(!is_stale_fence(UNFENCED, 5), "unfenced tokens are exempt");
+        assert!(!is_stale_fence(1, 0));
     }
 
     #[test]
