@@ -14,7 +14,24 @@ pub struct Config {
     /// Address to serve gRPC on (port 0 picks a free port; see --ready-file).
     #[arg(long, env = "FLEETMIG_LISTEN", default_value = "127.0.0.1:7400")]
     pub listen: SocketAddr,
-    /// Directory of the embedded store.
+    /// Where the state lives: `embedded` (a redb file in --data-dir, one
+    /// controller) or `etcd://host:port[,host:port...]` (several controllers
+    /// share it; one leads). etcd needs `--max-txn-ops 1024`.
+    #[arg(long, env = "FLEETMIG_STORE", default_value = "embedded")]
+    pub store: String,
+    /// This controller's name among several (etcd): the election candidate
+    /// and the audit actor `controller:<id>`. Default: a random one.
+    #[arg(long, env = "FLEETMIG_CONTROLLER_ID")]
+    pub controller_id: Option<String>,
+    /// URL the other controllers reach this one at (etcd). Default:
+    /// `http://<bound listen address>`.
+    #[arg(long, env = "FLEETMIG_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// Lease TTL of the leadership, in seconds (etcd): a dead leader is
+    /// replaced within about this long.
+    #[arg(long, default_value_t = 10)]
+    pub election_ttl_secs: u64,
+    /// Directory of the embedded store (and the keys of an embedded controller).
     #[arg(
         long,
         env = "FLEETMIG_DATA_DIR",

@@ -5,6 +5,7 @@
 //! `scheduler.rs`; all three are `impl Controller` blocks over the same
 //! state.
 
+use crate::cluster::Membership;
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::lifecycle::{self, Applied, Report};
@@ -14,6 +15,7 @@ use crate::registry::{Progress, Registry, Versioned};
 use crate::secrets::Secrets;
 use crate::store::{SharedStore, Txn, TxnOutcome};
 use rand::Rng;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{Notify, broadcast};
@@ -80,8 +82,11 @@ pub(crate) struct Inner {
     pub(crate) nodes: Mutex<crate::nodes::NodeTable>,
     /// gRPC channels to storage nodes, by address.
     pub(crate) node_channels: Mutex<std::collections::HashMap<String, tonic::transport::Channel>>,
-    /// This controller incarnation's epoch, the high half of every fence.
-    pub(crate) epoch: u32,
+    /// The epoch of the newest leadership term this controller knows of (on
+    /// the embedded store: this incarnation's), the high half of every fence.
+    pub(crate) epoch: AtomicU32,
+    /// Who this controller is among several, and whether it leads.
+    pub(crate) membership: Membership,
     pub(crate) settings: ControllerSettings,
 }
 
@@ -98,10 +103,36 @@ pub(crate) fn is_valid_id(id: &str) -> bool {
 }
 
 impl Controller {
-    /// Loads the state from `store` and starts a new epoch.
+    /// Loads the state from `store` and starts a new epoch: the sole
+    /// controller of an embedded store.
     pub async fn open(store: SharedStore, settings: ControllerSettings) -> Result<Controller> {
-        let registry = crate::load::load_registry(store.as_ref()).await?;
         let epoch = crate::load::next_epoch(store.as_ref()).await?;
+        Self::open_as(store, settings, Membership::sole(), epoch).await
+    }
+
+    /// Loads the state from a store shared with other controllers. This one
+    /// starts as a follower: it serves workers and operators, and runs the
+    /// scheduler only once [`crate::cluster`] wins it the leadership.
+    pub async fn open_member(
+        store: SharedStore,
+        settings: ControllerSettings,
+        membership: Membership,
+    ) -> Result<Controller> {
+        let epoch = crate::load::current_epoch(store.as_ref()).await?;
+        Self::open_as(store, settings, membership, epoch).await
+    }
+
+    async fn open_as(
+        store: SharedStore,
+        settings: ControllerSettings,
+        membership: Membership,
+        epoch: u32,
+    ) -> Result<Controller> {
+        // Changes from here on reach a member through its feed, which
+        // applies only what is newer than what it loaded.
+        let revision = store.revision().await?;
+        membership.applied_to(revision);
+        let registry = crate::load::load_registry(store.as_ref()).await?;
         let nodes = crate::load::load_nodes(store.as_ref()).await?;
         let (events, _) = broadcast::channel(8192);
         tracing::info!(
@@ -120,7 +151,8 @@ impl Controller {
                 liveness: Liveness::default(),
                 nodes: Mutex::new(nodes),
                 node_channels: Mutex::default(),
-                epoch,
+                epoch: AtomicU32::new(epoch),
+                membership,
                 settings,
             }),
         };
@@ -143,9 +175,25 @@ impl Controller {
         &self.inner.settings
     }
 
-    /// This incarnation's epoch.
+    /// The epoch of the newest leadership term this controller knows of.
     pub fn epoch(&self) -> u32 {
-        self.inner.epoch
+        self.inner.epoch.load(Ordering::Acquire)
+    }
+
+    /// Raises the known epoch to `epoch` (never lowers it).
+    pub(crate) fn observe_epoch(&self, epoch: u32) {
+        self.inner.epoch.fetch_max(epoch, Ordering::AcqRel);
+    }
+
+    /// Whether this controller runs the scheduler now: always on the
+    /// embedded store, only while it holds the leadership on etcd.
+    pub fn is_leader(&self) -> bool {
+        self.inner.membership.is_leader()
+    }
+
+    /// The actor named in audit events this controller writes on its own.
+    pub(crate) fn actor(&self) -> String {
+        self.inner.membership.actor()
     }
 
     pub(crate) fn registry(&self) -> MutexGuard<'_, Registry> {
@@ -163,17 +211,46 @@ impl Controller {
     /// Commits `txn` together with the audit `events`, then publishes them.
     ///
     /// Returns the revision, or `Error::Conflict` when a compare failed.
+    ///
+    /// A leader's writes carry its term's guard ([`Txn::when_leader`]): a
+    /// scheduling pass carries the guard of the term it started in
+    /// ([`crate::cluster::within_term`]), any other write the guard of the
+    /// term in force. A deposed leader's write fails with
+    /// [`Error::NotLeader`] and this controller steps down at once.
     pub(crate) async fn commit(&self, mut txn: Txn, mut events: Vec<AuditEvent>) -> Result<u64> {
+        for event in &mut events {
+            // The controller's own decisions name which controller made them.
+            if event.actor == "controller" {
+                event.actor = self.actor();
+            }
+        }
         for event in &events {
             let key = keys::key(keys::AUDIT, &uuid::Uuid::now_v7().to_string());
             txn = txn.put(key, keys::encode(event));
         }
-        match self.inner.store.txn(txn).await? {
+        if let Some(guard) = crate::cluster::guard_for_write(&self.inner.membership) {
+            txn = txn.when_leader(guard);
+        }
+        let outcome = match self.inner.store.txn(txn).await {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                if let Error::NotLeader { key, epoch } = &err {
+                    tracing::warn!(%key, epoch, "write refused by the fence: not the leader any more; stepping down");
+                    self.inner.membership.step_down(*epoch);
+                }
+                return Err(err);
+            }
+        };
+        match outcome {
             TxnOutcome::Committed { revision } => {
                 for event in &mut events {
                     event.seq = revision;
                     tracing::debug!(kind = %event.kind, job_id = %event.job_id, detail = %event.detail, "audit");
-                    let _ = self.inner.events.send(event.clone());
+                    // Several controllers: every controller publishes the
+                    // events it reads back from the store, its own included.
+                    if !self.inner.membership.is_clustered() {
+                        let _ = self.inner.events.send(event.clone());
+                    }
                 }
                 Ok(revision)
             }
@@ -366,7 +443,7 @@ impl Controller {
                 assignment,
             });
         }
-        let epoch = self.inner.epoch;
+        let epoch = self.epoch();
         let session = session.to_string();
         let machine = machine_id.to_string();
         let job = self
@@ -386,7 +463,10 @@ impl Controller {
                     return Ok(None);
                 }
                 next.attempt += 1;
-                next.fence = (u64::from(epoch) << 32) | u64::from(next.attempt);
+                // Fences only grow, even if this controller has not yet heard
+                // of the term the job's current fence comes from.
+                let epoch = u64::from(epoch).max(job.fence >> 32);
+                next.fence = (epoch << 32) | u64::from(next.attempt);
                 next.session = session.clone();
                 let detail = if job.session.is_empty() {
                     format!(
@@ -516,11 +596,13 @@ impl Controller {
         owned_job(&self.registry(), machine_id, job_id).map(|_| ())
     }
 
-    /// Renews a machine's lease, logging a reconnection after a lost one.
-    fn note_contact(&self, machine_id: &str) {
+    /// Renews a machine's lease, logging a reconnection after a lost one. A
+    /// follower also queues it for the leader (see [`crate::cluster`]).
+    pub(crate) fn note_contact(&self, machine_id: &str) {
         if self.inner.liveness.touch(machine_id) {
             tracing::info!(machine_id, "machine back in contact");
         }
+        self.inner.membership.relay_contact(machine_id);
     }
 }
 

@@ -54,6 +54,7 @@ pairs = [{ source = "XP-1", destination = "W7-1" }]
                 endpoint: "http://127.0.0.1:1".into(),
                 reserved_bytes: 5 << 20,
                 reserved_ms: now_ms(),
+                ..Placement::default()
             });
             Ok(Some((next, vec![])))
         })

@@ -6,6 +6,7 @@
 //! in-memory [`registry`]; [`scheduler`] admits jobs; [`grpc`] is the thin
 //! tonic edge. [`server::run`] wires it together for the binary.
 
+pub mod cluster;
 pub mod config;
 pub mod controller;
 pub mod error;

@@ -8,6 +8,9 @@
 //! - no `Done` (which lets the worker delete its store) without a verified
 //!   restore (zero mismatched files);
 //! - only the current owner (matching fence) moves a job;
+//! - a replace capture counts as verified only once it is copied to every
+//!   replica node chosen at admission (`replica_node_ids` of the CAPTURED
+//!   report); the primary and those replicas become the job's holders;
 //! - an aborted wave starts nothing new: a job not started is skipped, a
 //!   running capture may finish but the job then stops with its state kept
 //!   (never into `Reimaging`), and a job past its capture (reimaging,
@@ -15,7 +18,9 @@
 //!   ([`abort_step`], and [`WaveGate::Aborted`] in [`apply_report_in`]).
 
 use crate::error::{Error, Result};
-use crate::model::{CaptureSummary, Failure, Job, Phase, RestoreSummary, Scenario, now_ms};
+use crate::model::{
+    CaptureSummary, Failure, Job, Phase, Placement, RestoreSummary, Scenario, now_ms,
+};
 
 /// What a worker reports about its job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,6 +189,75 @@ pub fn apply_report_in(job: &Job, fence: u64, report: &Report, gate: WaveGate) -
     Ok(Applied::Changed(next))
 }
 
+/// The nodes holding a replace capture that `summary` reports sealed:
+/// the primary, then the replicas. Every replica node chosen at admission
+/// must be among `summary.replica_node_ids`, and nothing else may be.
+fn holders_after_capture(
+    job: &Job,
+    placement: &Placement,
+    summary: &CaptureSummary,
+) -> Result<Vec<String>> {
+    let unknown: Vec<&str> = summary
+        .replica_node_ids
+        .iter()
+        .filter(|id| !placement.is_replica(id))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "job {}: the capture names replicas on nodes {} that were not chosen for it (its \
+             replica nodes: {})",
+            job.id,
+            unknown.join(", "),
+            replica_list(placement)
+        )));
+    }
+    let missing: Vec<&str> = placement
+        .replicas
+        .iter()
+        .map(|r| r.node_id.as_str())
+        .filter(|id| !summary.replica_node_ids.iter().any(|r| r == id))
+        .collect();
+    if !missing.is_empty() {
+        return Err(replicas_missing(job, placement, &missing));
+    }
+    let mut holders = vec![placement.node_id.clone()];
+    holders.extend(placement.replicas.iter().map(|r| r.node_id.clone()));
+    Ok(holders)
+}
+
+/// The planned replica nodes, for messages.
+fn replica_list(placement: &Placement) -> String {
+    if placement.replicas.is_empty() {
+        "none".into()
+    } else {
+        let ids: Vec<&str> = placement
+            .replicas
+            .iter()
+            .map(|r| r.node_id.as_str())
+            .collect();
+        ids.join(", ")
+    }
+}
+
+/// The refusal of a CAPTURED report whose copies on the replica nodes
+/// `missing` are not reported (FAILED_PRECONDITION: the capture is not
+/// verified until every copy is committed). The missing nodes are logged;
+/// the error names the rule.
+fn replicas_missing(job: &Job, placement: &Placement, missing: &[&str]) -> Error {
+    tracing::warn!(
+        job_id = %job.id,
+        missing = %missing.join(", "),
+        factor = placement.wanted(),
+        "refused a capture not copied to every replica node"
+    );
+    Error::InvalidTransition {
+        job_id: job.id.clone(),
+        from: "a capture missing on a replica node",
+        to: "captured (copy it to every replica node of the assignment first)",
+    }
+}
+
 /// The state machine proper: fence, edges and their invariants.
 fn advance(job: &Job, fence: u64, report: &Report) -> Result<Applied> {
     if fence != job.fence {
@@ -228,6 +302,9 @@ fn advance(job: &Job, fence: u64, report: &Report) -> Result<Applied> {
             }
             next.captured = Some(summary.clone());
             if job.scenario == Scenario::Replace {
+                if let Some(placement) = next.placement.as_mut() {
+                    placement.holders = holders_after_capture(job, placement, summary)?;
+                }
                 // The source's part is over: the job waits for its
                 // destination, which takes it with a fresh fence. Fence 0 is
                 // never issued, so the source cannot act on it any more.
@@ -538,6 +615,7 @@ mod tests {
             endpoint: "http://n".into(),
             reserved_bytes: 1,
             reserved_ms: 0,
+            ..crate::model::Placement::default()
         });
         sealed.captured.as_mut().unwrap().store_location.clear();
         let Applied::Stopped(stopped) = report_step(

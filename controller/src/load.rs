@@ -72,6 +72,14 @@ pub async fn load_nodes(store: &dyn Store) -> Result<NodeTable> {
     Ok(table)
 }
 
+/// The persisted epoch counter (0 before the first term).
+pub async fn current_epoch(store: &dyn Store) -> Result<u32> {
+    match store.get(keys::EPOCH).await? {
+        Some(kv) => keys::decode::<u32>(keys::EPOCH, &kv.value),
+        None => Ok(0),
+    }
+}
+
 /// Increments and returns the persisted epoch counter.
 pub async fn next_epoch(store: &dyn Store) -> Result<u32> {
     for _ in 0..16 {

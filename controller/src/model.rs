@@ -180,6 +180,9 @@ pub struct CaptureSummary {
     pub manifest_digest: String,
     /// Where the store lives.
     pub store_location: String,
+    /// Replace captures: the storage nodes besides the primary that the
+    /// worker copied the committed capture to before reporting it.
+    pub replica_node_ids: Vec<String>,
 }
 
 /// Summary of a verified restore.
@@ -303,6 +306,18 @@ impl Job {
         }
     }
 
+    /// For a replace job whose capture is committed and that is not over:
+    /// the copies its plan wants and the nodes holding one (`None` for
+    /// anything else).
+    pub fn copies(&self) -> Option<(u32, Vec<String>)> {
+        if self.scenario != Scenario::Replace || self.phase.is_terminal() {
+            return None;
+        }
+        self.captured.as_ref()?;
+        let placement = self.placement.as_ref()?;
+        Some((placement.wanted(), placement.holders(true)))
+    }
+
     /// Whether `machine_id` takes part in the job (source or destination).
     pub fn involves(&self, machine_id: &str) -> bool {
         self.machine_id == machine_id
@@ -323,10 +338,12 @@ pub struct Destination {
     pub machine_id: String,
 }
 
-/// Where a replace job's state is stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Where a replace job's state is stored: its primary storage node (where
+/// the source captures), the replica nodes chosen at admission, and the
+/// nodes that hold a committed copy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Placement {
-    /// Storage node id.
+    /// The primary storage node's id.
     pub node_id: String,
     /// Its address.
     pub endpoint: String,
@@ -334,6 +351,50 @@ pub struct Placement {
     pub reserved_bytes: u64,
     /// When the reservation was made.
     pub reserved_ms: i64,
+    /// Copies the capture must have, the primary included, resolved at
+    /// admission (0: placed before replication existed; counts as 1).
+    #[serde(default)]
+    pub factor: u32,
+    /// Nodes besides the primary the source copies its capture to before
+    /// it counts as verified (`factor - 1` of them).
+    #[serde(default)]
+    pub replicas: Vec<ReplicaNode>,
+    /// Nodes holding a committed copy: the primary and the replicas the
+    /// source reported, then kept in step by the replica reconciler (a copy
+    /// made later is added, a copy a node lost is dropped).
+    #[serde(default)]
+    pub holders: Vec<String>,
+}
+
+impl Placement {
+    /// The copies wanted: [`Placement::factor`], at least 1.
+    pub fn wanted(&self) -> u32 {
+        self.factor.max(1)
+    }
+
+    /// The nodes holding a committed copy once the capture is `captured`;
+    /// a placement from before replication (no factor) has its primary.
+    pub fn holders(&self, captured: bool) -> Vec<String> {
+        if self.factor == 0 && self.holders.is_empty() && captured {
+            vec![self.node_id.clone()]
+        } else {
+            self.holders.clone()
+        }
+    }
+
+    /// Whether `node_id` is one of the planned replica nodes.
+    pub fn is_replica(&self, node_id: &str) -> bool {
+        self.replicas.iter().any(|r| r.node_id == node_id)
+    }
+}
+
+/// A storage node chosen to hold a copy of a replace job's capture.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaNode {
+    /// Storage node id.
+    pub node_id: String,
+    /// Its address when it was chosen.
+    pub endpoint: String,
 }
 
 /// A computer association of a replace wave: source -> destination.
@@ -453,6 +514,11 @@ pub struct WaveSpec {
     /// Batches, caps, budget, windows, deadlines and retries.
     #[serde(default)]
     pub policy: WavePolicy,
+    /// Copies of each replace job's capture on distinct storage nodes, as
+    /// the plan asks (the wave's `replication`, else the plan's); `None`:
+    /// 2 when at least two storage nodes are registered at admission, else 1.
+    #[serde(default)]
+    pub replication: Option<u32>,
 }
 
 /// A stored plan.

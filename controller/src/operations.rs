@@ -157,6 +157,25 @@ pub struct StorageNodeView {
     pub report_age_ms: Option<u64>,
     /// Replace jobs not yet over that are placed on it.
     pub placed_jobs: u32,
+    /// Whether its latest report is recent enough for it to count as live
+    /// (it takes captures and counts as a replica).
+    pub live: bool,
+}
+
+/// A replace migration whose copies on live nodes are fewer than its
+/// replication factor asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnderReplicatedView {
+    /// The migration (the job id).
+    pub migration_id: String,
+    /// Its wave.
+    pub wave: String,
+    /// The copies wanted.
+    pub wanted: u32,
+    /// The nodes holding a committed copy.
+    pub holders: Vec<String>,
+    /// Those of them that are live.
+    pub live_holders: Vec<String>,
 }
 
 /// A job with its machine's hostname and live progress.
@@ -998,6 +1017,7 @@ impl Controller {
                 *placed.entry(placement.node_id.clone()).or_default() += 1;
             }
         }
+        let live = self.live_nodes();
         self.storage_nodes()
             .into_iter()
             .map(|(node, capacity)| StorageNodeView {
@@ -1005,10 +1025,40 @@ impl Controller {
                     .as_ref()
                     .map(|c| now.saturating_sub(c.reported_ms).max(0) as u64),
                 placed_jobs: placed.get(&node.id).copied().unwrap_or(0),
+                live: live.contains(&node.id),
                 node,
                 capacity,
             })
             .collect()
+    }
+
+    /// Replace migrations not yet over whose committed copies on live
+    /// nodes are fewer than their replication factor, by wave then id.
+    pub fn under_replicated(&self) -> Vec<UnderReplicatedView> {
+        let live = self.live_nodes();
+        let mut views: Vec<UnderReplicatedView> = self
+            .registry()
+            .jobs
+            .values()
+            .filter_map(|job| {
+                let job = &job.value;
+                let (wanted, holders) = job.copies()?;
+                let live_holders: Vec<String> = holders
+                    .iter()
+                    .filter(|holder| live.contains(*holder))
+                    .cloned()
+                    .collect();
+                (live_holders.len() < wanted as usize).then(|| UnderReplicatedView {
+                    migration_id: job.id.clone(),
+                    wave: job.wave.clone(),
+                    wanted,
+                    holders,
+                    live_holders,
+                })
+            })
+            .collect();
+        views.sort_by(|a, b| (&a.wave, &a.migration_id).cmp(&(&b.wave, &b.migration_id)));
+        views
     }
 
     /// Machines, optionally only those in `wave` or whose latest job is in `phase`.

@@ -8,9 +8,10 @@
 //! without stopping at the first problem: names, machine selection against
 //! the enrolled inventory, computer associations, the wave policy
 //! ([`policy`]: batches, budgets, caps, success criteria, windows, deadlines,
-//! retries), `scenario = "auto"` ([`scenario`]) and the capture's USMT rule
-//! files ([`rules`]), which the CLI attaches to the plan because the
-//! controller never reads the operator's files itself.
+//! retries), `scenario = "auto"` ([`scenario`]), the replication factor of
+//! replace captures, and the capture's USMT rule files ([`rules`]), which
+//! the CLI attaches to the plan because the controller never reads the
+//! operator's files itself.
 
 use crate::model::{Association, Machine, Plan, Scenario, Selector, WaveSpec, now_ms};
 use serde::Deserialize;
@@ -91,6 +92,8 @@ struct RawPlan {
     #[serde(default)]
     policy: Option<policy::RawPlanPolicy>,
     #[serde(default)]
+    replication: Option<values::Value>,
+    #[serde(default)]
     waves: Vec<Spanned<RawWave>>,
 }
 
@@ -126,6 +129,8 @@ struct RawWave {
     retries: Option<policy::RawRetries>,
     #[serde(default)]
     windows: Vec<Spanned<policy::RawWindow>>,
+    #[serde(default)]
+    replication: Option<values::Value>,
 }
 
 #[derive(Deserialize)]
@@ -244,6 +249,18 @@ pub fn parse_with_attachments(
     machines: &[Machine],
     attachments: &BTreeMap<String, String>,
 ) -> Result<ParsedPlan, Vec<Problem>> {
+    parse_with_storage(source, machines, attachments, None)
+}
+
+/// [`parse_with_attachments`], also knowing how many storage nodes are
+/// registered (`None`: unknown): a `replication` factor above that count
+/// is a warning (the replace jobs wait for more nodes).
+pub fn parse_with_storage(
+    source: &str,
+    machines: &[Machine],
+    attachments: &BTreeMap<String, String>,
+    storage_nodes: Option<usize>,
+) -> Result<ParsedPlan, Vec<Problem>> {
     if source.len() > MAX_PLAN_BYTES {
         return Err(vec![Problem {
             message: format!(
@@ -285,13 +302,19 @@ pub fn parse_with_attachments(
         problems.at(0..0, "plan has no [[waves]]");
     }
     let plan_policy = policy::plan_policy(&mut problems, raw.policy.unwrap_or_default());
+    let plan_replication = raw
+        .replication
+        .as_ref()
+        .and_then(|v| values::replication(&mut problems, "replication", v));
+    let mut warnings = Problems::default();
+    // The plan-wide factor is checked against the nodes once, if a wave uses it.
+    let mut plan_replication_used = false;
 
     let inventory = Inventory::new(machines);
     let mut rule_files = rules::Attachments::new(attachments);
     let mut wave_names = HashSet::new();
     let mut waves = Vec::new();
     let mut planned = Vec::new();
-    let mut warnings = Problems::default();
     for raw_wave in raw.waves {
         let wave_span = raw_wave.span();
         let raw_wave = raw_wave.into_inner();
@@ -408,6 +431,26 @@ pub fn parse_with_attachments(
                 &inventory,
             ),
         };
+        let replication = wave_replication(
+            &mut problems,
+            &name,
+            &raw_wave.replication,
+            planned_scenario,
+            has_pairs,
+        );
+        let replication = match replication {
+            Some(own) => {
+                if let (Some(value), Some(nodes)) = (&raw_wave.replication, storage_nodes) {
+                    too_few_nodes(&mut warnings, &format!("wave {name}: "), value, own, nodes);
+                }
+                Some(own)
+            }
+            None if can_replace(planned_scenario, has_pairs) && plan_replication.is_some() => {
+                plan_replication_used = true;
+                plan_replication
+            }
+            None => None,
+        };
         let Some(select) = select else { continue };
         // Only when every window is valid: a broken one would make the
         // others look like they leave machines out.
@@ -428,6 +471,7 @@ pub fn parse_with_attachments(
             capture,
             pairs,
             policy: wave_policy,
+            replication,
         });
         planned.push(PlannedWave {
             scenario: planned_scenario,
@@ -435,6 +479,14 @@ pub fn parse_with_attachments(
         });
     }
 
+    if let (true, Some(factor), Some(value), Some(nodes)) = (
+        plan_replication_used,
+        plan_replication,
+        &raw.replication,
+        storage_nodes,
+    ) {
+        too_few_nodes(&mut warnings, "", value, factor, nodes);
+    }
     if !problems.is_empty() {
         return Err(problems.locate(source));
     }
@@ -449,6 +501,62 @@ pub fn parse_with_attachments(
         waves: planned,
         warnings: warnings.locate(source),
     })
+}
+
+/// Whether a wave can have replace jobs: a replace wave, or an auto wave
+/// with pairs.
+fn can_replace(scenario: PlannedScenario, has_pairs: bool) -> bool {
+    match scenario {
+        PlannedScenario::Replace => true,
+        PlannedScenario::Auto => has_pairs,
+        PlannedScenario::Refresh => false,
+    }
+}
+
+/// Checks a wave's own `replication`: a factor 1 to 3, only in a wave that
+/// has replace jobs (a refreshed machine keeps its state on itself).
+fn wave_replication(
+    problems: &mut Problems,
+    name: &str,
+    raw: &Option<values::Value>,
+    scenario: PlannedScenario,
+    has_pairs: bool,
+) -> Option<u32> {
+    let value = raw.as_ref()?;
+    let factor = values::replication(problems, &format!("wave {name}: replication"), value)?;
+    if !can_replace(scenario, has_pairs) {
+        problems.at(
+            value.span(),
+            format!(
+                "wave {name}: replication applies to replace jobs (their state goes through \
+                 storage nodes); this wave has none: remove it, or add pairs with scenario = \
+                 \"replace\" or \"auto\""
+            ),
+        );
+        return None;
+    }
+    Some(factor)
+}
+
+/// Warns when `factor` copies need more storage nodes than the `nodes`
+/// registered: the replace jobs wait until enough nodes are live.
+fn too_few_nodes(
+    warnings: &mut Problems,
+    prefix: &str,
+    value: &values::Value,
+    factor: u32,
+    nodes: usize,
+) {
+    if factor as usize > nodes {
+        warnings.at(
+            value.span(),
+            format!(
+                "{prefix}replication {factor} needs {factor} storage nodes and {nodes} {} \
+                 registered: its replace jobs wait until {factor} nodes are live",
+                if nodes == 1 { "is" } else { "are" }
+            ),
+        );
+    }
 }
 
 /// The enrolled machines, indexed for the checks.

@@ -55,16 +55,18 @@ impl Controller {
         let mut leases_checked: Option<tokio::time::Instant> = None;
         loop {
             let started = tokio::time::Instant::now();
-            match self.schedule_pass().await {
-                Ok(report) => tracing::trace!(
+            // Only the leader schedules; its pass carries its term's guard.
+            match self.as_leader(self.schedule_pass()).await {
+                None => {}
+                Some(Ok(report)) => tracing::trace!(
                     admitted = report.admitted,
                     elapsed_us = report.elapsed.as_micros() as u64,
                     "scheduling pass"
                 ),
-                Err(err) => tracing::warn!(error = %err, "scheduling pass failed; retrying"),
+                Some(Err(err)) => tracing::warn!(error = %err, "scheduling pass failed; retrying"),
             }
             if leases_checked.is_none_or(|at| at.elapsed() >= tick) {
-                self.expire_leases().await;
+                self.as_leader(self.expire_leases()).await;
                 leases_checked = Some(tokio::time::Instant::now());
             }
             tokio::select! {

@@ -7,8 +7,33 @@
 //! store under `migkeys/` and handed to a worker only with its own job.
 
 use crate::error::{Error, Result};
+use crate::keys;
+use crate::store::{Store, Txn, TxnOutcome};
 use fleetmig_auth::TokenSigner;
 use std::path::Path;
+
+/// Store key of the shared fleet key (several controllers).
+const FLEET_KEY_ENTRY: &str = "secrets/fleet-key";
+/// Store key of the shared token-signing seed (several controllers).
+const SIGNING_KEY_ENTRY: &str = "secrets/token-signing-key";
+
+/// The 32-byte key at `entry`, created at random if absent.
+async fn shared_key(store: &dyn Store, entry: &str) -> Result<[u8; 32]> {
+    for _ in 0..4 {
+        if let Some(kv) = store.get(entry).await? {
+            let hex_key: String = keys::decode(entry, &kv.value)?;
+            return keys::decode_migration_key(entry, &hex_key);
+        }
+        let fresh = hex::encode(fleetmig_format::keys::generate_key_bytes());
+        let txn = Txn::new()
+            .when_absent(entry)
+            .put(entry, keys::encode(&fresh));
+        if let TxnOutcome::Committed { .. } = store.txn(txn).await? {
+            tracing::info!(entry, "created a shared key");
+        }
+    }
+    Err(Error::Conflict { key: entry.into() })
+}
 
 /// File name of the fleet key in the data directory.
 pub const FLEET_KEY_FILE: &str = "fleet.key";
@@ -49,6 +74,21 @@ impl Secrets {
         let signer = TokenSigner::load_or_create(&signing_path)
             .map_err(|err| key_error(&signing_path, err.to_string()))?;
         Ok(Secrets { fleet_key, signer })
+    }
+
+    /// The keys shared by the controllers of one etcd cluster, kept in the
+    /// store under `secrets/` and created by whichever controller comes first
+    /// (create-if-absent, so two first starts agree on one pair).
+    ///
+    /// They are stored as they are; encrypting them under a master key the
+    /// controllers read from a file is the key-escrow work of issue 7.
+    pub async fn load_or_create_shared(store: &dyn Store) -> Result<Secrets> {
+        let fleet_key = shared_key(store, FLEET_KEY_ENTRY).await?;
+        let seed = shared_key(store, SIGNING_KEY_ENTRY).await?;
+        Ok(Secrets {
+            fleet_key,
+            signer: TokenSigner::from_seed(seed),
+        })
     }
 
     /// Fresh random keys held only in memory (tests, throwaway controllers).

@@ -1,15 +1,21 @@
 //! Wiring: open the store, load the controller, serve gRPC, run the
-//! scheduler, and shut all of it down on one cancellation token.
+//! scheduler (and, on etcd, the election, the feed and the contact relay),
+//! and shut all of it down on one cancellation token.
 
+use crate::cluster::{KnownLeader, Membership};
 use crate::config::Config;
 use crate::controller::{Controller, ControllerSettings};
 use crate::error::{Error, Result};
-use crate::grpc::{operator::OperatorApi, storage::StorageRegistryApi, worker::WorkerApi};
+use crate::grpc::{
+    operator::OperatorApi, peer::PeerApi, storage::StorageRegistryApi, worker::WorkerApi,
+};
+use crate::leader::{Election, ElectionConfig};
 use crate::secrets::Secrets;
 use crate::store::EmbeddedStore;
+use crate::store::etcd::{EtcdConfig, EtcdStore};
 use fleetmig_proto::v1::{
-    operator_service_server::OperatorServiceServer, storage_registry_server::StorageRegistryServer,
-    worker_service_server::WorkerServiceServer,
+    controller_peer_server::ControllerPeerServer, operator_service_server::OperatorServiceServer,
+    storage_registry_server::StorageRegistryServer, worker_service_server::WorkerServiceServer,
 };
 use fleetmig_proto::{MAX_CONCURRENT_STREAMS, MAX_CONTROL_MESSAGE_BYTES};
 use std::path::Path;
@@ -36,9 +42,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         path: config.data_dir.display().to_string(),
         message: err.to_string(),
     })?;
-    let store = Arc::new(EmbeddedStore::open(&config.data_dir)?);
-    let secrets = Secrets::load_or_create(&config.data_dir)?;
-    let settings = ControllerSettings {
+    let settings = |secrets: Secrets| ControllerSettings {
         token_ttl: Duration::from_secs(config.token_ttl_secs.max(60)),
         reservation_lease: Duration::from_secs(config.reservation_lease_secs.max(10)),
         secrets: Arc::new(secrets),
@@ -47,18 +51,67 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         heartbeat_interval: Duration::from_millis(config.heartbeat_ms.max(50)),
         ..ControllerSettings::default()
     };
-    let controller = Controller::open(store, settings).await?;
     let listener = TcpListener::bind(config.listen).await.map_err(|err| {
         Error::InvalidArgument(format!("cannot listen on {}: {err}", config.listen))
     })?;
     let local = listener
         .local_addr()
         .map_err(|err| Error::InvalidArgument(format!("listener address: {err}")))?;
-    serve(controller, listener, &config, shutdown)
-        .await
-        .map(|_| {
-            tracing::info!(%local, "controller stopped");
-        })
+    let served = if config.store == "embedded" {
+        let store = Arc::new(EmbeddedStore::open(&config.data_dir)?);
+        let secrets = Secrets::load_or_create(&config.data_dir)?;
+        let controller = Controller::open(store, settings(secrets)).await?;
+        serve(controller, listener, &config, shutdown).await
+    } else {
+        let etcd = EtcdStore::connect(EtcdConfig::parse(&config.store)?).await?;
+        let secrets = Secrets::load_or_create_shared(&etcd).await?;
+        let me = KnownLeader {
+            id: config
+                .controller_id
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_string()),
+            url: config
+                .advertise_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{local}")),
+        };
+        if !crate::controller::is_valid_id(&me.id) {
+            return Err(Error::InvalidArgument(format!(
+                "--controller-id {:?}: use 1-64 letters, digits, '-', '_' or '.'",
+                me.id
+            )));
+        }
+        let election = Election::new(
+            etcd.client().clone(),
+            ElectionConfig {
+                ttl: Duration::from_secs(config.election_ttl_secs.max(2)),
+                ..ElectionConfig::for_store(&etcd, me.candidate())
+            },
+        );
+        let membership = Membership::member(me.id.clone(), me.url.clone());
+        let controller =
+            Controller::open_member(Arc::new(etcd), settings(secrets), membership).await?;
+        tracing::info!(controller_id = %me.id, url = %me.url, store = %config.store, "controller joins the fleet's controllers as a follower");
+        let tasks = TaskTracker::new();
+        tasks.spawn(controller.clone().run_feed(shutdown.clone()));
+        tasks.spawn(
+            controller
+                .clone()
+                .run_leader_watch(election.clone(), shutdown.clone()),
+        );
+        tasks.spawn(controller.clone().run_relay(shutdown.clone()));
+        tasks.spawn(controller.clone().run_election(election, shutdown.clone()));
+        tasks.close();
+        let served = serve(controller, listener, &config, shutdown).await;
+        let grace = Duration::from_secs(config.shutdown_grace_secs);
+        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+            tracing::warn!("cluster tasks did not stop within the grace period");
+        }
+        served
+    };
+    served.map(|_| {
+        tracing::info!(%local, "controller stopped");
+    })
 }
 
 /// Serves `controller` on an already bound `listener`.
@@ -84,6 +137,11 @@ pub async fn serve(
     })
     .max_decoding_message_size(MAX_CONTROL_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_CONTROL_MESSAGE_BYTES);
+    let peer = ControllerPeerServer::new(PeerApi {
+        controller: controller.clone(),
+    })
+    .max_decoding_message_size(MAX_CONTROL_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_CONTROL_MESSAGE_BYTES);
     let storage = StorageRegistryServer::new(StorageRegistryApi {
         controller: controller.clone(),
         report_interval_ms: config.node_report_interval_ms,
@@ -100,6 +158,7 @@ pub async fn serve(
         .add_service(worker)
         .add_service(operator)
         .add_service(storage)
+        .add_service(peer)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             server_shutdown.cancelled().await;
         });

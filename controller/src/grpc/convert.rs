@@ -4,7 +4,9 @@
 use crate::error::{Error, Result};
 use crate::lifecycle::Report;
 use crate::model::{self, Phase, Scenario};
-use crate::operations::{JobView, MachineView, RetryExclusion, StorageNodeView, WaveView};
+use crate::operations::{
+    JobView, MachineView, RetryExclusion, StorageNodeView, UnderReplicatedView, WaveView,
+};
 use crate::plan::Problem;
 use crate::registry::Progress;
 use fleetmig_proto::v1;
@@ -13,6 +15,8 @@ use fleetmig_proto::v1;
 const MAX_PROFILES: usize = 10_000;
 /// Longest free-text field accepted from a worker.
 const MAX_TEXT: usize = 4096;
+/// Most replica node ids a capture summary may name.
+const MAX_REPLICA_IDS: usize = 16;
 
 fn text(field: &str, value: String) -> Result<String> {
     if value.len() > MAX_TEXT {
@@ -150,6 +154,7 @@ pub fn report_from_wire(report: &v1::PhaseReport) -> Result<Report> {
                 excluded_files: summary.excluded_files,
                 manifest_digest: text("manifest_digest", summary.manifest_digest)?,
                 store_location: text("store_location", summary.store_location)?,
+                replica_node_ids: replica_ids_from_wire(summary.replica_node_ids)?,
             })
         }
         Phase::Done => {
@@ -181,6 +186,30 @@ pub fn report_from_wire(report: &v1::PhaseReport) -> Result<Report> {
         }
         other => Report::Entered(other),
     })
+}
+
+/// The replica node ids of a capture summary: well-formed node ids, each
+/// once (duplicates are dropped, the order kept).
+fn replica_ids_from_wire(ids: Vec<String>) -> Result<Vec<String>> {
+    if ids.len() > MAX_REPLICA_IDS {
+        return Err(Error::InvalidArgument(format!(
+            "a capture names {} replica nodes; at most {MAX_REPLICA_IDS}",
+            ids.len()
+        )));
+    }
+    let mut unique: Vec<String> = Vec::with_capacity(ids.len());
+    for id in ids {
+        if !crate::controller::is_valid_id(&id) {
+            return Err(Error::InvalidArgument(format!(
+                "replica node id {:?} is malformed",
+                id.chars().take(80).collect::<String>()
+            )));
+        }
+        if !unique.contains(&id) {
+            unique.push(id);
+        }
+    }
+    Ok(unique)
 }
 
 /// Live progress from a worker's update.
@@ -299,7 +328,18 @@ pub fn node_to_wire(view: &StorageNodeView) -> v1::StorageNodeStatus {
         reported_unix_ms: capacity.reported_ms,
         report_age_ms: view.report_age_ms.unwrap_or(0),
         placed_jobs: view.placed_jobs,
-        live: view.capacity.is_some(),
+        live: view.live,
+    }
+}
+
+/// Wire form of an under-replicated migration.
+pub fn under_replicated_to_wire(view: &UnderReplicatedView) -> v1::UnderReplicated {
+    v1::UnderReplicated {
+        migration_id: view.migration_id.clone(),
+        wave: view.wave.clone(),
+        wanted: view.wanted,
+        holders: view.holders.clone(),
+        live_holders: view.live_holders.clone(),
     }
 }
 
@@ -322,7 +362,7 @@ pub fn job_to_wire(view: &JobView) -> v1::JobStatus {
             excluded_files: c.excluded_files,
             manifest_digest: c.manifest_digest.clone(),
             store_location: c.store_location.clone(),
-            replica_node_ids: Vec::new(),
+            replica_node_ids: c.replica_node_ids.clone(),
         }),
         restored: job.restored.as_ref().map(|r| v1::RestoreSummary {
             files: r.files,

@@ -3,5 +3,6 @@
 
 pub mod convert;
 pub mod operator;
+pub mod peer;
 pub mod storage;
 pub mod worker;

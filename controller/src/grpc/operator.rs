@@ -214,7 +214,12 @@ impl OperatorService for OperatorApi {
                 .iter()
                 .map(convert::node_to_wire)
                 .collect(),
-            under_replicated: Vec::new(),
+            under_replicated: self
+                .controller
+                .under_replicated()
+                .iter()
+                .map(convert::under_replicated_to_wire)
+                .collect(),
         }))
     }
 
@@ -230,9 +235,13 @@ impl OperatorService for OperatorApi {
             jobs: status.jobs.iter().map(convert::job_to_wire).collect(),
             machines: status.machines as u32,
             storage_nodes: status.storage_nodes as u32,
-            controller_id: "embedded".into(),
-            leader: true,
-            leader_endpoint: String::new(),
+            controller_id: self.controller.controller_id().to_string(),
+            leader: self.controller.is_leader(),
+            leader_endpoint: self
+                .controller
+                .known_leader()
+                .map(|leader| leader.url)
+                .unwrap_or_default(),
             epoch: self.controller.epoch(),
         }))
     }

@@ -779,6 +779,7 @@ async fn budgets_and_storage_nodes_are_in_the_views() {
                 endpoint: "http://127.0.0.1:7600".into(),
                 reserved_bytes: 10,
                 reserved_ms: now_ms(),
+                ..Placement::default()
             });
             Ok(Some((next, vec![])))
         })

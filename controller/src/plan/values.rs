@@ -125,6 +125,32 @@ pub(super) fn count(problems: &mut Problems, label: &str, value: &Value, min: u3
     }
 }
 
+/// A replication factor: a whole number 1 to
+/// [`MAX_REPLICATION`](crate::placement::MAX_REPLICATION).
+pub(super) fn replication(problems: &mut Problems, label: &str, value: &Value) -> Option<u32> {
+    let max = crate::placement::MAX_REPLICATION;
+    match value.get_ref() {
+        toml::Value::Integer(n) if !(1..=i64::from(max)).contains(n) => {
+            problems.at(
+                value.span(),
+                format!("{label} must be 1 to {max} copies, got {n}"),
+            );
+            None
+        }
+        toml::Value::String(s) if s.trim().parse::<u32>().is_ok() => {
+            problems.at(
+                value.span(),
+                format!(
+                    "{label} must be a whole number of copies: write {} without quotes",
+                    s.trim()
+                ),
+            );
+            None
+        }
+        _ => count(problems, label, value, 1),
+    }
+}
+
 /// `"N%"` as `N`, when `text` is written as a percentage at all
 /// (`None`: no `%` suffix). `Err` when the number is not a whole number in
 /// `0..=255`.
