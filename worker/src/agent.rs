@@ -2,7 +2,7 @@
 //! assigned job with a heartbeat, report every phase, and pick a job up
 //! again after a crash or a reimage.
 
-use crate::client::{self, Backoff, Client, request, retry};
+use crate::client::{self, Backoff, Client, request};
 use crate::config::AgentConfig;
 use crate::error::{Error, Result};
 use crate::hook::ReimageHook;
@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 pub struct JobContext {
     /// The machine's agent state (root, journal, stores).
     pub state: AgentState,
-    /// Connection to the controller.
+    /// Connection to the controllers.
     pub client: Client,
     /// This machine's id.
     pub machine_id: String,
@@ -37,6 +37,8 @@ pub struct JobContext {
     pub progress: watch::Sender<Snapshot>,
     /// Fault-injection knobs (tests only).
     pub faults: Faults,
+    /// Replace jobs: how long storage nodes are waited for.
+    pub node_timings: crate::replace::NodeTimings,
     /// Cancelled when the worker shuts down.
     pub shutdown: CancellationToken,
 }
@@ -81,12 +83,13 @@ impl JobContext {
 
     /// Sends a phase report until the controller durably accepts it.
     pub async fn report(&self, report: v1::PhaseReport) -> Result<JobPhase> {
-        let ack = retry("report phase", &self.shutdown, || {
-            let mut client = self.client.clone();
-            let report = report.clone();
-            async move { client.report_phase(request(report)).await }
-        })
-        .await
+        let ack = self
+            .client
+            .retry("report phase", &self.shutdown, |mut client| {
+                let report = report.clone();
+                async move { client.report_phase(request(report)).await }
+            })
+            .await
         .map_err(|err| match err {
             Error::Controller(status) if status.code() == tonic::Code::FailedPrecondition => {
                 tracing::warn!(job_id = %self.job_id, message = status.message(), "controller refused the report");
@@ -195,13 +198,14 @@ impl Agent {
             inventory: Some(inventory),
             bootstrap_token: String::new(),
         };
-        let response = retry("enroll", &self.shutdown, || {
-            let mut client = self.client.clone();
-            let enrollment = enrollment.clone();
-            async move { client.enroll(request(enrollment)).await }
-        })
-        .await?
-        .into_inner();
+        let response = self
+            .client
+            .retry("enroll", &self.shutdown, |mut client| {
+                let enrollment = enrollment.clone();
+                async move { client.enroll(request(enrollment)).await }
+            })
+            .await?
+            .into_inner();
         if response.machine_id != self.identity.machine_id {
             self.identity.machine_id = response.machine_id;
             self.state.save_identity(&self.identity)?;
@@ -221,17 +225,29 @@ impl Agent {
                 highest_fence: self.fences.values().copied().max().unwrap_or_default(),
                 free_bytes: 0,
             };
-            let mut client = self.client.clone();
-            let wait = match client.check_in(request(check_in)).await {
+            let (ticket, mut client) = self.client.pick();
+            let call = async move { client.check_in(request(check_in)).await };
+            let wait = match self.client.settle(ticket, call).await {
                 Ok(response) => {
-                    backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
                     let response = response.into_inner();
                     match response.assignment {
+                        Some(assignment) if self.is_stale(&assignment) => {
+                            // A controller behind the others (or deposed) handed out an older
+                            // assignment than this machine accepted: ask another one.
+                            self.client.move_on(ticket, "it handed out a stale fence");
+                            backoff.delay()
+                        }
                         Some(assignment) => {
+                            backoff =
+                                Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
                             self.run_assignment(assignment).await?;
                             continue;
                         }
-                        None => Duration::from_millis(u64::from(response.next_checkin_ms.max(50))),
+                        None => {
+                            backoff =
+                                Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+                            Duration::from_millis(u64::from(response.next_checkin_ms.max(50)))
+                        }
                     }
                 }
                 Err(status) if status.code() == tonic::Code::NotFound => {
@@ -253,14 +269,58 @@ impl Agent {
         }
     }
 
-    async fn run_assignment(&mut self, assignment: v1::Assignment) -> Result<()> {
-        let job_id = assignment.job_id.clone();
-        let highest = self.fences.get(&job_id).copied().unwrap_or_default();
-        if assignment.fence < highest {
-            tracing::warn!(%job_id, fence = assignment.fence, highest, "ignoring an assignment with a stale fence");
+    /// Whether `assignment` is older than one this machine already accepted for its job (the
+    /// highest fences come from the journal, so this holds across restarts and controllers).
+    fn is_stale(&self, assignment: &v1::Assignment) -> bool {
+        let highest = self
+            .fences
+            .get(&assignment.job_id)
+            .copied()
+            .unwrap_or_default();
+        let stale = assignment.fence < highest;
+        if stale {
+            tracing::warn!(job_id = %assignment.job_id, fence = assignment.fence, highest, "ignoring an assignment with a stale fence");
+        }
+        stale
+    }
+
+    /// Remembers the fence of an accepted assignment, durably when it is new.
+    async fn accept(&mut self, assignment: &v1::Assignment) -> Result<()> {
+        let known = self.fences.get(&assignment.job_id).copied();
+        if known.is_some_and(|highest| highest >= assignment.fence) {
             return Ok(());
         }
-        self.fences.insert(job_id.clone(), assignment.fence);
+        let (state, job_id, fence) = (
+            self.state.clone(),
+            assignment.job_id.clone(),
+            assignment.fence,
+        );
+        let detail = format!(
+            "phase:{} attempt:{}",
+            fleetmig_proto::phase_name(
+                JobPhase::try_from(assignment.phase).unwrap_or(JobPhase::Unspecified)
+            ),
+            assignment.attempt
+        );
+        tokio::task::spawn_blocking(move || {
+            state.record(&job_id, fence, "assignment.accepted", detail)
+        })
+        .await
+        .map_err(|err| Error::AgentState {
+            path: self.state.dir(),
+            reason: format!("journal task failed: {err}"),
+        })??;
+        self.fences
+            .insert(assignment.job_id.clone(), assignment.fence);
+        Ok(())
+    }
+
+    async fn run_assignment(&mut self, assignment: v1::Assignment) -> Result<()> {
+        let job_id = assignment.job_id.clone();
+        if self.is_stale(&assignment) {
+            return Ok(());
+        }
+        self.accept(&assignment).await?;
         let phase = JobPhase::try_from(assignment.phase).unwrap_or(JobPhase::Unspecified);
         tracing::info!(%job_id, fence = assignment.fence, attempt = assignment.attempt, phase = fleetmig_proto::phase_name(phase), "assignment received");
         let (progress, progress_rx) = watch::channel(Snapshot {
@@ -284,6 +344,7 @@ impl Agent {
                     .map(Duration::from_millis),
                 unreadable_name: self.config.fault_unreadable_name.clone(),
             },
+            node_timings: crate::replace::NodeTimings::default(),
             shutdown: self.shutdown.clone(),
         };
         let stop_heartbeat = self.shutdown.child_token();
@@ -351,29 +412,92 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// The agent of the machine at `config.machine_root`: its identity, and the highest fence
+    /// it accepted per job, from the journal.
+    fn new(config: AgentConfig, shutdown: CancellationToken) -> Result<Self> {
+        let state = AgentState::open(&config.machine_root)?;
+        let identity = state.identity()?;
+        let fences = state.highest_fences()?;
+        let client = Client::new(&config.controller, client::ClientOptions::default())?;
+        let hook = match &config.reimage_command {
+            Some(command) => ReimageHook::Command(command.clone()),
+            None => ReimageHook::Simulated,
+        };
+        Ok(Agent {
+            config,
+            state,
+            identity,
+            client,
+            session: uuid::Uuid::new_v4().to_string(),
+            fences,
+            hook,
+            shutdown,
+        })
+    }
+}
+
 /// Runs the agent until `shutdown` is cancelled.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()> {
-    let state = AgentState::open(&config.machine_root)?;
-    let identity = state.identity()?;
-    let fences = state.highest_fences()?;
-    let client = client::connect_lazy(&config.controller)?;
-    let hook = match &config.reimage_command {
-        Some(command) => ReimageHook::Command(command.clone()),
-        None => ReimageHook::Simulated,
-    };
-    let mut agent = Agent {
-        config,
-        state,
-        identity,
-        client,
-        session: uuid::Uuid::new_v4().to_string(),
-        fences,
-        hook,
-        shutdown,
-    };
-    tracing::info!(session = %agent.session, root = %agent.config.machine_root.display(), "worker agent starting");
+    let mut agent = Agent::new(config, shutdown)?;
+    tracing::info!(session = %agent.session, root = %agent.config.machine_root.display(), controllers = ?agent.config.controller, "worker agent starting");
     match agent.run().await {
         Err(Error::Shutdown) | Ok(()) => Ok(()),
         Err(err) => Err(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent_at(root: &std::path::Path) -> Agent {
+        let config = AgentConfig {
+            controller: vec!["http://127.0.0.1:1".into(), "http://127.0.0.1:2".into()],
+            machine_root: root.to_path_buf(),
+            site: String::new(),
+            labels: Vec::new(),
+            reimage_command: None,
+            fault_capture_delay_ms: None,
+            fault_unreadable_name: None,
+        };
+        Agent::new(config, CancellationToken::new()).unwrap()
+    }
+
+    fn assignment(job_id: &str, fence: u64) -> v1::Assignment {
+        v1::Assignment {
+            job_id: job_id.into(),
+            fence,
+            phase: JobPhase::Assigned.into(),
+            ..v1::Assignment::default()
+        }
+    }
+
+    /// Fences hold across restarts, whichever controller hands out the assignment next.
+    #[tokio::test]
+    async fn accepted_fences_are_journaled_and_hold_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut agent = agent_at(dir.path());
+        assert!(!agent.is_stale(&assignment("j", 5)));
+        agent.accept(&assignment("j", 5)).await.unwrap();
+        agent.accept(&assignment("j", 5)).await.unwrap();
+        assert!(agent.is_stale(&assignment("j", 4)));
+        assert!(!agent.is_stale(&assignment("other", 1)));
+        let accepted: Vec<_> = agent
+            .state
+            .journal()
+            .unwrap()
+            .into_iter()
+            .filter(|entry| entry.event == "assignment.accepted")
+            .collect();
+        assert_eq!(accepted.len(), 1, "{accepted:?}");
+        assert_eq!((accepted[0].job_id.as_str(), accepted[0].fence), ("j", 5));
+
+        let mut restarted = agent_at(dir.path());
+        assert!(restarted.is_stale(&assignment("j", 4)));
+        assert!(!restarted.is_stale(&assignment("j", 5)));
+        assert!(!restarted.is_stale(&assignment("j", 6)));
+        restarted.accept(&assignment("j", 6)).await.unwrap();
+        assert_eq!(agent_at(dir.path()).fences["j"], 6);
     }
 }

@@ -43,9 +43,18 @@ impl Command {
 /// Settings of the agent.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AgentConfig {
-    /// Controller URL, e.g. http://127.0.0.1:7400.
-    #[arg(long, env = "FLEETMIG_CONTROLLER")]
-    pub controller: String,
+    /// Controller URLs, e.g. http://10.0.0.1:7400,http://10.0.0.2:7400 (comma-separated or
+    /// repeated): the controllers of one fleet. Calls go to one at a time and move on to the
+    /// next when it fails or hangs.
+    #[arg(
+        long,
+        env = "FLEETMIG_CONTROLLER",
+        required = true,
+        value_delimiter = ',',
+        value_parser = parse_controller,
+        value_name = "URL[,URL...]"
+    )]
+    pub controller: Vec<String>,
     /// Root of the machine's system disk.
     #[arg(long, env = "FLEETMIG_MACHINE_ROOT")]
     pub machine_root: PathBuf,
@@ -96,6 +105,16 @@ pub enum SimulateCommand {
         #[arg(long)]
         preserve: Vec<PathBuf>,
     },
+}
+
+fn parse_controller(text: &str) -> Result<String, String> {
+    let url = text.trim();
+    if url.is_empty() {
+        return Err("empty controller URL in the list".to_owned());
+    }
+    tonic::transport::Endpoint::from_shared(url.to_owned())
+        .map_err(|err| format!("bad controller URL {url:?}: {err}"))?;
+    Ok(url.to_owned())
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -157,6 +176,39 @@ mod tests {
         };
         assert_eq!(args.user_map, [("alice".into(), "asmith".into())]);
         assert!(Cli::try_parse_from(["fleetmig-worker", "store", "ls", "/s", "--json"]).is_ok());
+    }
+
+    fn agent(cli: Cli) -> AgentConfig {
+        match cli.command {
+            Command::Agent(config) => config,
+            other => panic!("not the agent: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_controller_is_a_list() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["fleetmig-worker", "agent", "--machine-root", "/m"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv).map(agent)
+        };
+        let one = parse(&["--controller", "http://a:7400"]).unwrap();
+        assert_eq!(one.controller, ["http://a:7400"]);
+        let three = parse(&["--controller", "http://a:7400, http://b:7400,http://c:7400"]).unwrap();
+        assert_eq!(
+            three.controller,
+            ["http://a:7400", "http://b:7400", "http://c:7400"]
+        );
+        let repeated = parse(&[
+            "--controller",
+            "http://a:7400",
+            "--controller",
+            "http://b:7400",
+        ])
+        .unwrap();
+        assert_eq!(repeated.controller, ["http://a:7400", "http://b:7400"]);
+        assert!(parse(&["--controller", "http://a:7400,,http://b:7400"]).is_err());
+        assert!(parse(&["--controller", "not a url"]).is_err());
     }
 
     #[test]

@@ -133,6 +133,20 @@ pub enum Error {
         /// The node's message (names the chunk).
         message: String,
     },
+    /// The committed capture could not be copied to a replica node (in time). Names the
+    /// replica node; the source captures nothing again when the job is retried.
+    #[error("capture not replicated to storage node {target}: {reason}")]
+    ReplicationFailed {
+        /// The replica node: id and endpoint.
+        target: String,
+        /// Why (the error of the `Replicate` call on the primary node).
+        reason: String,
+        /// Whether trying again later may succeed.
+        retryable: bool,
+    },
+    /// No storage node holding the migration served the restore (each was tried in turn).
+    #[error("no storage node could serve the restore: {0}")]
+    NoRestoreSource(String),
     /// The storage node refused a call (capability, migration state, bad request).
     #[error("storage node {node} refused {call}: {code}: {message}")]
     NodeRefused {
@@ -164,7 +178,14 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Error::NodeUnavailable { .. } | Error::Shutdown | Error::Controller(_)
+            Error::NodeUnavailable { .. }
+                | Error::Shutdown
+                | Error::Controller(_)
+                | Error::NoRestoreSource(_)
+                | Error::ReplicationFailed {
+                    retryable: true,
+                    ..
+                }
         )
     }
 }

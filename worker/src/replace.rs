@@ -2,21 +2,31 @@
 //! machine restores it from there. One job, two workers; which side this worker is follows
 //! from the phase the job is in when assigned:
 //!
-//! - **source** (`ASSIGNED`, `CAPTURING`): packed capture to the node (the metadata cache in
-//!   the agent state dir makes a resumed capture cheap, and the node is asked which chunks it
-//!   lacks, so nothing it holds is sent again), `Commit`, `Release` (capture side), then
-//!   `CAPTURED` with the summary;
-//! - **destination** (`CAPTURED`, `RESTORING`, `VERIFYING`): restore into the machine root
-//!   (resumable: files already in place are skipped), verify every file, `Release` (restore
-//!   side: the node's retention clock starts), then `DONE`.
+//! - **source** (`ASSIGNED`, `CAPTURING`): packed capture to the primary node (the metadata
+//!   cache in the agent state dir makes a resumed capture cheap, and the node is asked which
+//!   chunks it lacks, so nothing it holds is sent again), `Commit`, `Release` (capture side),
+//!   then the copies to the replica nodes the transfer names ([`replicate`]), then `CAPTURED`
+//!   with the summary and the replicas;
+//! - **destination** (`CAPTURED`, `RESTORING`, `VERIFYING`): restore into the machine root from
+//!   the first node that serves the capture, the primary then the replicas ([`sources`];
+//!   resumable: files already in place are skipped, also when another node takes over), verify
+//!   every file, `Release` on every node (restore side: the retention clock starts), then
+//!   `DONE`.
 //!
 //! Milestones go to the machine's journal (`capture.committed`, `capture.released`,
-//! `restore.done`, `restore.verified`, `restore.released`) so a worker that crashed between a
-//! node call and the controller's acknowledgement resumes without redoing or losing anything.
+//! `capture.replicated`, `restore.source`, `restore.done`, `restore.verified`,
+//! `restore.released`) so a worker that crashed between a node call and the controller's
+//! acknowledgement resumes without redoing or losing anything.
 //! `capture.committed` also carries how the upload went ([`UploadFigures`]: chunks sealed,
 //! stored, found on the node, sent though the node held them, re-sent after a broken stream).
 
-use std::path::{Path, PathBuf};
+mod replicate;
+mod sources;
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+use std::time::Duration;
 
 use fleetmig_format::{FleetKey, MigrationKey};
 use fleetmig_proto::v1::{self, JobPhase};
@@ -24,12 +34,35 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::JobContext;
 use crate::error::{Error, Result};
+use crate::packed::node_store::RetryPolicy;
 use crate::packed::{self, ChunkStore, Keys, NodeStore};
 use crate::refresh::{blocking, first_mismatches};
 use crate::telemetry::WatchSink;
 
 /// File name of the metadata cache in the agent state dir.
 pub const CACHE_FILE: &str = "packcache.bin";
+
+/// How long a replace job keeps trying a storage node before it moves on or gives up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeTimings {
+    /// Retrying `Replicate` to one replica node; then the capture fails (retryable), naming
+    /// the node.
+    pub replicate_give_up: Duration,
+    /// Retrying one restore source when another one follows; then the restore moves on to it.
+    pub source_give_up: Duration,
+    /// Retrying `Release` on one node after a verified restore; then it is logged and skipped.
+    pub release_give_up: Duration,
+}
+
+impl Default for NodeTimings {
+    fn default() -> Self {
+        Self {
+            replicate_give_up: Duration::from_secs(120),
+            source_give_up: Duration::from_secs(20),
+            release_give_up: Duration::from_secs(20),
+        }
+    }
+}
 
 /// What the source remembers of its committed capture: the detail (JSON) of its
 /// `capture.committed` and `capture.released` journal entries.
@@ -91,7 +124,7 @@ impl UploadFigures {
 }
 
 impl CaptureRecord {
-    fn summary(&self) -> v1::CaptureSummary {
+    fn summary(&self, replica_node_ids: Vec<String>) -> v1::CaptureSummary {
         v1::CaptureSummary {
             users: self.users,
             files: self.files,
@@ -100,7 +133,7 @@ impl CaptureRecord {
             excluded_files: self.excluded_files,
             manifest_digest: self.manifest_digest.clone(),
             store_location: self.store_location.clone(),
-            replica_node_ids: Vec::new(),
+            replica_node_ids,
         }
     }
 }
@@ -131,6 +164,7 @@ pub async fn run(ctx: &JobContext) -> Result<()> {
         reason: "a replace job without its storage node, capability and keys".to_owned(),
     })?;
     let keys = keys_of(ctx, transfer)?;
+    check_replicas(ctx, transfer)?;
     match ctx.phase {
         JobPhase::Assigned | JobPhase::Capturing => source(ctx, transfer, &keys).await,
         JobPhase::Captured | JobPhase::Restoring | JobPhase::Verifying => {
@@ -160,13 +194,58 @@ fn keys_of(ctx: &JobContext, transfer: &v1::ReplaceTransfer) -> Result<Keys> {
     })
 }
 
-/// The node store of this job, for the blocking pipeline.
+/// Refuses replica nodes the job cannot use: without an id, endpoint or capability, the
+/// primary again, or one named twice.
+fn check_replicas(ctx: &JobContext, transfer: &v1::ReplaceTransfer) -> Result<()> {
+    let mut seen = vec![transfer.node_id.as_str()];
+    for replica in &transfer.replicas {
+        let problem = if replica.node_id.is_empty() || replica.node_endpoint.is_empty() {
+            Some("has no node id or endpoint")
+        } else if replica.capability.is_none() {
+            Some("carries no capability token")
+        } else if seen.contains(&replica.node_id.as_str()) {
+            Some("is named twice (or is the primary node)")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(Error::BadAssignment {
+                job_id: ctx.job_id.clone(),
+                reason: format!("replica node {:?} {problem}", replica.node_id),
+            });
+        }
+        seen.push(&replica.node_id);
+    }
+    Ok(())
+}
+
+/// The node store of this job's primary node, for the blocking pipeline.
 fn node_store(ctx: &JobContext, transfer: &v1::ReplaceTransfer) -> Result<NodeStore> {
     NodeStore::for_transfer(
         transfer,
         tokio::runtime::Handle::current(),
         ctx.shutdown.clone(),
     )
+}
+
+/// The default retry policy, giving up after `give_up_after`.
+fn giving_up_after(give_up_after: Duration) -> RetryPolicy {
+    RetryPolicy {
+        give_up_after,
+        ..RetryPolicy::default()
+    }
+}
+
+/// The details of every journal entry `event` of this job, oldest first (unparsable ones
+/// skipped).
+fn recorded_all<T: for<'de> Deserialize<'de>>(ctx: &JobContext, event: &str) -> Result<Vec<T>> {
+    Ok(ctx
+        .state
+        .journal()?
+        .into_iter()
+        .filter(|entry| entry.job_id == ctx.job_id && entry.event == event)
+        .filter_map(|entry| serde_json::from_str(&entry.detail).ok())
+        .collect())
 }
 
 /// The detail of this job's latest journal entry `event`, parsed.
@@ -217,9 +296,10 @@ async fn source(ctx: &JobContext, transfer: &v1::ReplaceTransfer, keys: &Keys) -
             record
         }
     };
+    let replicas = replicate::replicate(ctx, transfer, &record.manifest_digest).await?;
     ctx.report(v1::PhaseReport {
         phase: JobPhase::Captured.into(),
-        captured: Some(record.summary()),
+        captured: Some(record.summary(replicas)),
         ..ctx.report_header()
     })
     .await?;
@@ -303,34 +383,12 @@ async fn destination(ctx: &JobContext, transfer: &v1::ReplaceTransfer, keys: &Ke
         ctx.set_phase(JobPhase::Restoring);
         ctx.record("restore.start", format!("node:{}", transfer.node_id))
             .await?;
-        let store = node_store(ctx, transfer)?;
-        let (keys, sink) = (keys.clone(), WatchSink::new(ctx.progress.clone()));
-        let (migration_id, source_hostname) = (
-            transfer.migration_id.clone(),
-            transfer.source_hostname.clone(),
-        );
-        let (machine_root, journal_path) = (root.clone(), journal.clone());
-        let report = blocking(move || {
-            let manifest = open_manifest(&store, &keys, &migration_id, &source_hostname)?;
-            let options = packed::RestoreOptions {
-                journal: Some(journal_path),
-                ..packed::RestoreOptions::default()
-            };
-            packed::restore(
-                &store,
-                &machine_root,
-                &keys.fleet,
-                &manifest,
-                &options,
-                &sink,
-            )
-        })
-        .await?;
-        tracing::info!(job_id = %ctx.job_id, written = report.files_written, already_present = report.files_already_present, renamed = report.renamed.len(), "restore done");
+        let (report, node_id) = sources::restore(ctx, transfer, keys, &root, &journal).await?;
+        tracing::info!(job_id = %ctx.job_id, node = %node_id, written = report.files_written, already_present = report.files_already_present, renamed = report.renamed.len(), "restore done");
         ctx.record(
             "restore.done",
             format!(
-                "{} files written, {} already in place",
+                "{} files written, {} already in place, from node:{node_id}",
                 report.files_written, report.files_already_present
             ),
         )
@@ -349,18 +407,19 @@ async fn destination(ctx: &JobContext, transfer: &v1::ReplaceTransfer, keys: &Ke
     ctx.set_phase(JobPhase::Verifying);
     let record = verify(ctx, transfer, keys, &root, &journal).await?;
     ctx.record("restore.verified", detail(&record)).await?;
-    release(ctx, transfer).await?;
+    sources::release_all(ctx, transfer).await;
     ctx.record("restore.released", detail(&record)).await?;
     report_done(ctx, &record).await
 }
 
-/// Fetches and opens the manifest; refuses one of another migration.
+/// Fetches and opens the manifest; refuses one of another migration. Returns it with the plain
+/// BLAKE3 (hex) of its sealed bytes.
 fn open_manifest(
     store: &NodeStore,
     keys: &Keys,
     migration_id: &str,
     source_hostname: &str,
-) -> Result<fleetmig_format::PackedManifest> {
+) -> Result<(fleetmig_format::PackedManifest, String)> {
     let (manifest, digest) = packed::fetch_manifest(store, &keys.migration)?;
     if manifest.migration_id != migration_id {
         return Err(Error::NodeRefused {
@@ -377,14 +436,16 @@ fn open_manifest(
         tracing::warn!(manifest = %manifest.hostname, expected = %source_hostname, "the capture comes from another hostname than the controller says");
     }
     tracing::info!(
+        node = %store.location(),
         digest,
         entries = manifest.entries.len(),
         "manifest fetched and opened"
     );
-    Ok(manifest)
+    Ok((manifest, digest))
 }
 
-/// Verifies every restored file against the manifest; removes the restore journal when all match.
+/// Verifies every restored file against the manifest (from the first node that serves it);
+/// removes the restore journal when all match.
 async fn verify(
     ctx: &JobContext,
     transfer: &v1::ReplaceTransfer,
@@ -392,16 +453,10 @@ async fn verify(
     root: &Path,
     journal: &Path,
 ) -> Result<RestoreRecord> {
-    let store = node_store(ctx, transfer)?;
-    let (keys, sink) = (keys.clone(), WatchSink::new(ctx.progress.clone()));
-    let (migration_id, source_hostname) = (
-        transfer.migration_id.clone(),
-        transfer.source_hostname.clone(),
-    );
-    let (machine_root, journal): (PathBuf, PathBuf) = (root.to_path_buf(), journal.to_path_buf());
-    let report = blocking(move || {
-        let manifest = open_manifest(&store, &keys, &migration_id, &source_hostname)?;
-        let report = packed::verify(&machine_root, &manifest, &sink)?;
+    let sink = WatchSink::new(ctx.progress.clone());
+    let (machine_root, journal) = (root.to_path_buf(), journal.to_path_buf());
+    let (report, _) = sources::first_serving(ctx, transfer, keys, move |_, manifest| {
+        let report = packed::verify(&machine_root, manifest, &sink)?;
         if report.is_ok() {
             packed::journal::RestoreJournal::remove(&journal)?;
         }
@@ -430,328 +485,4 @@ async fn report_done(ctx: &JobContext, record: &RestoreRecord) -> Result<()> {
     })
     .await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::identity::AgentState;
-    use crate::packed::fake_node::FakeNode;
-    use crate::telemetry::Snapshot;
-    use fleetmig_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
-    use std::sync::{Arc, Mutex};
-    use tokio_util::sync::CancellationToken;
-
-    /// A controller that accepts every phase report and remembers it.
-    #[derive(Clone, Default)]
-    struct FakeController {
-        reports: Arc<Mutex<Vec<v1::PhaseReport>>>,
-    }
-
-    #[tonic::async_trait]
-    impl WorkerService for FakeController {
-        async fn enroll(
-            &self,
-            _request: tonic::Request<v1::EnrollRequest>,
-        ) -> std::result::Result<tonic::Response<v1::EnrollResponse>, tonic::Status> {
-            Err(tonic::Status::unimplemented("fake"))
-        }
-
-        async fn check_in(
-            &self,
-            _request: tonic::Request<v1::CheckInRequest>,
-        ) -> std::result::Result<tonic::Response<v1::CheckInResponse>, tonic::Status> {
-            Err(tonic::Status::unimplemented("fake"))
-        }
-
-        async fn report_phase(
-            &self,
-            request: tonic::Request<v1::PhaseReport>,
-        ) -> std::result::Result<tonic::Response<v1::PhaseAck>, tonic::Status> {
-            let report = request.into_inner();
-            let phase = report.phase;
-            self.reports.lock().unwrap().push(report);
-            Ok(tonic::Response::new(v1::PhaseAck { phase }))
-        }
-
-        async fn stream_progress(
-            &self,
-            _request: tonic::Request<tonic::Streaming<v1::ProgressUpdate>>,
-        ) -> std::result::Result<tonic::Response<v1::ProgressSummary>, tonic::Status> {
-            Err(tonic::Status::unimplemented("fake"))
-        }
-    }
-
-    impl FakeController {
-        async fn serve(&self) -> String {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let address = listener.local_addr().unwrap();
-            tokio::spawn(
-                tonic::transport::Server::builder()
-                    .add_service(WorkerServiceServer::new(self.clone()))
-                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-            );
-            format!("http://{address}")
-        }
-
-        fn phases(&self) -> Vec<JobPhase> {
-            self.reports
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|report| JobPhase::try_from(report.phase).unwrap())
-                .collect()
-        }
-    }
-
-    fn context(
-        root: &Path,
-        controller: &str,
-        phase: JobPhase,
-        replace: Option<v1::ReplaceTransfer>,
-    ) -> JobContext {
-        JobContext {
-            state: AgentState::open(root).unwrap(),
-            client: crate::client::connect_lazy(controller).unwrap(),
-            machine_id: "m".into(),
-            job_id: "job-1".into(),
-            fence: 1,
-            phase,
-            capture: v1::CaptureOptions::default(),
-            replace,
-            progress: tokio::sync::watch::channel(Snapshot::default()).0,
-            faults: crate::agent::Faults::default(),
-            shutdown: CancellationToken::new(),
-        }
-    }
-
-    fn transfer(node: &str) -> v1::ReplaceTransfer {
-        v1::ReplaceTransfer {
-            migration_id: "job-1".into(),
-            node_id: "node-1".into(),
-            node_endpoint: node.into(),
-            capability: Some(v1::SignedCapability {
-                claims: b"claims".to_vec(),
-                signature: b"signature".to_vec(),
-            }),
-            fleet_key: vec![1; 32],
-            migration_key: vec![2; 32],
-            source_hostname: "PC-31".into(),
-            destination_hostname: "W7-31".into(),
-            replicas: Vec::new(),
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn source_and_destination_migrate_through_the_node() {
-        let node = FakeNode::default();
-        let node_url = node.serve_here().await;
-        let controller = FakeController::default();
-        let controller_url = controller.serve().await;
-        let dir = tempfile::tempdir().unwrap();
-        let (old, new) = (dir.path().join("xp"), dir.path().join("w7"));
-        let opts = fleetmig_state::GenOptions {
-            seed: 31,
-            users: 2,
-            files_per_user: 60,
-            hostname: Some("PC-31".into()),
-        };
-        fleetmig_state::generate_machine(&old, &opts).unwrap();
-        std::fs::create_dir(&new).unwrap();
-        let expected = fleetmig_state::fingerprint::expected_after_refresh(&old).unwrap();
-
-        let source = context(
-            &old,
-            &controller_url,
-            JobPhase::Assigned,
-            Some(transfer(&node_url)),
-        );
-        run(&source).await.unwrap();
-        assert_eq!(
-            controller.phases(),
-            [JobPhase::Capturing, JobPhase::Captured]
-        );
-        let captured = controller.reports.lock().unwrap()[1]
-            .captured
-            .clone()
-            .unwrap();
-        assert_eq!(captured.files as usize, expected.len());
-        assert_eq!(captured.users, 2);
-        assert_eq!(captured.store_location, "node:node-1/job-1");
-        let (sealed, digest) = node.state.lock().unwrap().manifest.clone().unwrap();
-        assert_eq!(captured.manifest_digest, digest);
-        assert_eq!(blake3::hash(&sealed).to_hex().as_str(), digest);
-        assert!(old.join("_fleetmig").join(CACHE_FILE).is_file());
-
-        // The committed milestone carries the upload figures: a fresh node held nothing, so
-        // every referenced chunk was sealed, sent and stored exactly once.
-        let committed: CaptureRecord = recorded(&source, "capture.committed").unwrap().unwrap();
-        let upload = committed.upload;
-        let held = node.state.lock().unwrap().chunks.len() as u64;
-        assert!(upload.chunks_referenced > 0, "{upload:?}");
-        assert_eq!(upload.chunks_referenced, held, "{upload:?}");
-        assert_eq!(upload.chunks_sealed, held, "{upload:?}");
-        assert_eq!(upload.chunks_stored, held, "{upload:?}");
-        assert_eq!(upload.chunks_found_on_node, 0, "{upload:?}");
-        assert_eq!(upload.chunks_sent_already_held, 0, "{upload:?}");
-        assert_eq!(upload.chunks_resent, 0, "{upload:?}");
-        let sealed_held: u64 = node
-            .state
-            .lock()
-            .unwrap()
-            .chunks
-            .values()
-            .map(|bytes| bytes.len() as u64)
-            .sum();
-        assert_eq!(upload.sealed_bytes, sealed_held, "{upload:?}");
-        let detail = source
-            .state
-            .journal()
-            .unwrap()
-            .into_iter()
-            .rfind(|entry| entry.event == "capture.committed")
-            .unwrap()
-            .detail;
-        let json: serde_json::Value = serde_json::from_str(&detail).unwrap();
-        assert_eq!(json["upload"]["chunks_sealed"], held, "{detail}");
-        assert_eq!(json["upload"]["chunks_sent_already_held"], 0, "{detail}");
-
-        // A source resumed after its report was lost reports the same capture, sending nothing.
-        let received = node.state.lock().unwrap().received;
-        let resumed = context(
-            &old,
-            &controller_url,
-            JobPhase::Capturing,
-            Some(transfer(&node_url)),
-        );
-        run(&resumed).await.unwrap();
-        assert_eq!(node.state.lock().unwrap().received, received);
-        let again = controller
-            .reports
-            .lock()
-            .unwrap()
-            .last()
-            .unwrap()
-            .captured
-            .clone();
-        assert_eq!(again, Some(captured.clone()));
-
-        controller.reports.lock().unwrap().clear();
-        let destination = context(
-            &new,
-            &controller_url,
-            JobPhase::Captured,
-            Some(transfer(&node_url)),
-        );
-        run(&destination).await.unwrap();
-        assert_eq!(
-            controller.phases(),
-            [JobPhase::Restoring, JobPhase::Verifying, JobPhase::Done]
-        );
-        let restored = controller.reports.lock().unwrap()[2].restored.unwrap();
-        assert_eq!(restored.files, captured.files);
-        assert_eq!(restored.bytes, captured.bytes);
-        assert_eq!(restored.mismatched_files, 0);
-        let compared = fleetmig_state::fingerprint::compare(&expected, &new).unwrap();
-        assert!(
-            compared.is_ok(),
-            "{:?} {:?}",
-            compared.missing,
-            compared.different
-        );
-        assert!(!new.join("_fleetmig/restore-job-1.json").exists());
-        assert_eq!(node.state.lock().unwrap().releases, 2);
-
-        // Resumed in VERIFYING after the release: reports DONE again, releases nothing more.
-        let resumed = context(
-            &new,
-            &controller_url,
-            JobPhase::Verifying,
-            Some(transfer(&node_url)),
-        );
-        run(&resumed).await.unwrap();
-        assert_eq!(node.state.lock().unwrap().releases, 2);
-        assert_eq!(controller.phases().last(), Some(&JobPhase::Done));
-    }
-
-    /// A second machine with the same content finds every chunk on the node: nothing sealed
-    /// or sent, and the figures say so.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_capture_of_content_the_node_holds_sends_nothing() {
-        let node = FakeNode::default();
-        let node_url = node.serve_here().await;
-        let controller = FakeController::default();
-        let controller_url = controller.serve().await;
-        let dir = tempfile::tempdir().unwrap();
-        let mut figures = Vec::new();
-        for name in ["a", "b"] {
-            let root = dir.path().join(name);
-            let opts = fleetmig_state::GenOptions {
-                seed: 32,
-                users: 1,
-                files_per_user: 40,
-                hostname: Some("PC-32".into()),
-            };
-            fleetmig_state::generate_machine(&root, &opts).unwrap();
-            let mut job = transfer(&node_url);
-            job.migration_id = format!("job-{name}");
-            let mut ctx = context(&root, &controller_url, JobPhase::Assigned, Some(job));
-            ctx.job_id = format!("job-{name}");
-            run(&ctx).await.unwrap();
-            let record: CaptureRecord = recorded(&ctx, "capture.committed").unwrap().unwrap();
-            figures.push(record.upload);
-        }
-        let (first, second) = (figures[0], figures[1]);
-        assert!(first.chunks_sealed > 0, "{first:?}");
-        assert_eq!(second.chunks_referenced, first.chunks_referenced);
-        assert_eq!(
-            second.chunks_found_on_node, first.chunks_referenced,
-            "{second:?}"
-        );
-        assert_eq!(
-            (
-                second.chunks_sealed,
-                second.sealed_bytes,
-                second.chunks_stored
-            ),
-            (0, 0, 0),
-            "{second:?}"
-        );
-    }
-
-    /// The journal entry of a worker that predates the upload figures still parses (with zero
-    /// figures), so an upgraded worker does not capture a committed migration again.
-    #[test]
-    fn records_without_upload_figures_still_parse() {
-        let old = r#"{"users":2,"files":9,"directories":4,"bytes":1234,"excluded_files":1,"manifest_digest":"ab","store_location":"node:n/m"}"#;
-        let record: CaptureRecord = serde_json::from_str(old).unwrap();
-        assert_eq!(record.files, 9);
-        assert_eq!(record.upload, UploadFigures::default());
-        let again: CaptureRecord = serde_json::from_str(&detail(&record)).unwrap();
-        assert_eq!(again, record);
-    }
-
-    #[tokio::test]
-    async fn unusable_assignments_are_refused_before_any_report() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = "http://127.0.0.1:1";
-        let missing = context(dir.path(), url, JobPhase::Assigned, None);
-        assert!(matches!(
-            run(&missing).await,
-            Err(Error::BadAssignment { .. })
-        ));
-        let mut short = transfer(url);
-        short.fleet_key = vec![1; 16];
-        let short_key = context(dir.path(), url, JobPhase::Assigned, Some(short));
-        let error = run(&short_key).await.unwrap_err();
-        assert!(
-            error.to_string().contains("fleet key is 16 bytes"),
-            "{error}"
-        );
-        let wrong_phase = context(dir.path(), url, JobPhase::Reimaging, Some(transfer(url)));
-        assert!(matches!(
-            run(&wrong_phase).await,
-            Err(Error::BadAssignment { .. })
-        ));
-    }
 }

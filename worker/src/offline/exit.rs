@@ -95,9 +95,11 @@ pub fn code_of(error: &Error) -> Code {
         Error::CorruptChunk { .. } | Error::PackedStoreInvalid { .. } => Code::StoreInvalid,
         Error::PackedStoreExists(_) => Code::StoreExists,
         Error::NodeFull { .. } => Code::OutOfSpace,
-        Error::NodeUnavailable { .. } | Error::NodeDataLoss { .. } | Error::NodeRefused { .. } => {
-            Code::Failure
-        }
+        Error::NodeUnavailable { .. }
+        | Error::NodeDataLoss { .. }
+        | Error::NodeRefused { .. }
+        | Error::ReplicationFailed { .. }
+        | Error::NoRestoreSource(_) => Code::Failure,
         Error::AgentState { .. }
         | Error::Controller(_)
         | Error::BadUrl { .. }

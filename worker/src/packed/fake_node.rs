@@ -1,10 +1,12 @@
 //! TESTS ONLY: an in-memory storage node served over real gRPC on loopback, with injectable
 //! failures, to exercise [`super::NodeStore`] (uploads, resumes, fetches, status mapping)
 //! without the storage-node crate.
+//!
+//! `Replicate` copies in-process: fake nodes served in this process find each other by URL.
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use bytes::Bytes;
 use fleetmig_proto::v1::{self, storage_node_server::StorageNode};
@@ -27,6 +29,16 @@ pub struct FakeState {
     pub full: bool,
     /// `Release` calls.
     pub releases: u32,
+    /// Every call answers UNAVAILABLE (the node is down).
+    pub down: bool,
+    /// Go down after serving this many chunks in all (`chunks_served` counts them).
+    pub down_after_chunks: Option<u64>,
+    /// Chunks served by `GetChunks`.
+    pub chunks_served: u64,
+    /// `Replicate` calls that copied the migration (or found it already there).
+    pub replications: u32,
+    /// Answer this many more `Replicate` calls with UNAVAILABLE.
+    pub replicate_failures: u32,
 }
 
 /// The fake node; clones share the state.
@@ -36,9 +48,20 @@ pub struct FakeNode {
     pub state: Arc<Mutex<FakeState>>,
 }
 
+/// The fake nodes served in this process, by URL (for `Replicate`).
+static SERVED: LazyLock<Mutex<HashMap<String, FakeNode>>> = LazyLock::new(Mutex::default);
+
 impl FakeNode {
     fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// UNAVAILABLE when the node is down.
+    fn up(&self) -> Result<(), Status> {
+        if self.lock().down {
+            return Err(Status::unavailable("the node is down (injected)"));
+        }
+        Ok(())
     }
 
     /// Serves on a loopback port of `runtime`; returns the URL.
@@ -62,7 +85,12 @@ impl FakeNode {
                 .add_service(service)
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
-        format!("http://{address}")
+        let url = format!("http://{address}");
+        SERVED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(url.clone(), self.clone());
+        url
     }
 }
 
@@ -107,6 +135,7 @@ impl StorageNode for FakeNode {
         &self,
         request: Request<v1::MissingChunksRequest>,
     ) -> Result<Response<v1::MissingChunksResponse>, Status> {
+        self.up()?;
         let request = request.into_inner();
         require_token(request.token.as_ref())?;
         let state = self.lock();
@@ -128,6 +157,7 @@ impl StorageNode for FakeNode {
         &self,
         request: Request<Streaming<v1::PutChunkRequest>>,
     ) -> Result<Response<v1::PutChunksResponse>, Status> {
+        self.up()?;
         let mut stream = request.into_inner();
         let mut response = v1::PutChunksResponse::default();
         let break_after = self.lock().break_stream_after.take();
@@ -163,6 +193,7 @@ impl StorageNode for FakeNode {
         &self,
         request: Request<v1::CommitRequest>,
     ) -> Result<Response<v1::CommitResponse>, Status> {
+        self.up()?;
         let request = request.into_inner();
         require_token(request.token.as_ref())?;
         let mut state = self.lock();
@@ -187,6 +218,7 @@ impl StorageNode for FakeNode {
         &self,
         request: Request<v1::GetManifestRequest>,
     ) -> Result<Response<v1::GetManifestResponse>, Status> {
+        self.up()?;
         require_token(request.get_ref().token.as_ref())?;
         let state = self.lock();
         let (manifest, manifest_digest) = state
@@ -205,15 +237,24 @@ impl StorageNode for FakeNode {
         &self,
         request: Request<v1::GetChunksRequest>,
     ) -> Result<Response<Self::GetChunksStream>, Status> {
+        self.up()?;
         let request = request.into_inner();
         require_token(request.token.as_ref())?;
         let wanted = ids(&request.chunk_ids)?;
         if wanted.len() > 1024 {
             return Err(Status::invalid_argument("more than 1024 chunk ids"));
         }
-        let state = self.lock();
+        let mut state = self.lock();
         let mut items = Vec::new();
         for id in wanted {
+            if state
+                .down_after_chunks
+                .is_some_and(|limit| state.chunks_served >= limit)
+            {
+                state.down = true;
+                items.push(Err(Status::unavailable("the node went down (injected)")));
+                break;
+            }
             if state.lost.contains(&id) {
                 items.push(Err(Status::data_loss(format!(
                     "chunk {} failed its checksum",
@@ -221,11 +262,15 @@ impl StorageNode for FakeNode {
                 ))));
                 break;
             }
-            match state.chunks.get(&id) {
-                Some(data) => items.push(Ok(v1::ChunkData {
-                    chunk_id: id.to_vec(),
-                    data: data.clone(),
-                })),
+            let served = state.chunks.get(&id).cloned();
+            match served {
+                Some(data) => {
+                    state.chunks_served += 1;
+                    items.push(Ok(v1::ChunkData {
+                        chunk_id: id.to_vec(),
+                        data,
+                    }));
+                }
                 None => {
                     items.push(Err(Status::not_found("no such chunk")));
                     break;
@@ -237,22 +282,79 @@ impl StorageNode for FakeNode {
 
     async fn replicate(
         &self,
-        _request: Request<v1::ReplicateRequest>,
+        request: Request<v1::ReplicateRequest>,
     ) -> Result<Response<v1::ReplicateResponse>, Status> {
-        Err(Status::unimplemented("the fake node does not replicate"))
+        self.up()?;
+        let request = request.into_inner();
+        require_token(request.token.as_ref())?;
+        require_token(request.target_token.as_ref())?;
+        let (manifest, chunks) = {
+            let mut state = self.lock();
+            if state.replicate_failures > 0 {
+                state.replicate_failures -= 1;
+                return Err(Status::unavailable("replication interrupted (injected)"));
+            }
+            let manifest = state
+                .manifest
+                .clone()
+                .ok_or_else(|| Status::failed_precondition("not committed"))?;
+            (manifest, state.chunks.clone())
+        };
+        let target = SERVED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&request.target_endpoint)
+            .cloned()
+            .ok_or_else(|| {
+                Status::unavailable(format!("target {} unreachable", request.target_endpoint))
+            })?;
+        let mut response = v1::ReplicateResponse {
+            chunks: chunks.len() as u32,
+            ..v1::ReplicateResponse::default()
+        };
+        {
+            let mut held = target.lock();
+            if held.down {
+                return Err(Status::unavailable(format!(
+                    "target {} unreachable",
+                    request.target_endpoint
+                )));
+            }
+            if held
+                .manifest
+                .as_ref()
+                .is_some_and(|(_, digest)| *digest == manifest.1)
+            {
+                response.already_committed = true;
+            } else {
+                for (id, data) in chunks {
+                    if let std::collections::hash_map::Entry::Vacant(slot) = held.chunks.entry(id) {
+                        response.chunks_sent += 1;
+                        response.bytes_sent += data.len() as u64;
+                        slot.insert(data);
+                    }
+                }
+                held.manifest = Some(manifest);
+            }
+        }
+        self.lock().replications += 1;
+        Ok(Response::new(response))
     }
 
     async fn list_migrations(
         &self,
         _request: Request<v1::ListMigrationsRequest>,
     ) -> Result<Response<v1::ListMigrationsResponse>, Status> {
-        Err(Status::unimplemented("the fake node does not list migrations"))
+        Err(Status::unimplemented(
+            "the fake node does not list migrations",
+        ))
     }
 
     async fn release(
         &self,
         request: Request<v1::ReleaseRequest>,
     ) -> Result<Response<v1::ReleaseResponse>, Status> {
+        self.up()?;
         require_token(request.get_ref().token.as_ref())?;
         self.lock().releases += 1;
         Ok(Response::new(v1::ReleaseResponse {

@@ -39,6 +39,9 @@ const MISSING_MAX: usize = 8192;
 const RESEND_ROUNDS: usize = 100;
 /// Deadline of one unary call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Deadline of one `Replicate` call: the node copies the whole migration before it answers
+/// (a call cut short loses nothing: the next one sends only what the target still lacks).
+const REPLICATE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// HTTP/2 stream window (bytes in flight per call).
 const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 /// HTTP/2 connection window.
@@ -307,6 +310,32 @@ impl NodeStore {
 
     fn block_on<F: Future>(&self, future: F) -> F::Output {
         self.handle.block_on(future)
+    }
+
+    /// `<node id> (<endpoint>)`, for messages.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Copies the committed migration from this node to the node at `target_endpoint`
+    /// (`Replicate` with this store's token here and `target_token` there): the node sends only
+    /// the chunks the target lacks and commits the manifest there. Idempotent. Transient
+    /// failures are retried for the store's [`RetryPolicy`]. Blocking, like every call here.
+    pub fn replicate(
+        &self,
+        target_endpoint: &str,
+        target_token: &v1::SignedCapability,
+    ) -> Result<v1::ReplicateResponse> {
+        let response = self.block_on(self.call("Replicate", |mut client| {
+            let mut request = tonic::Request::new(v1::ReplicateRequest {
+                token: Some(self.token.clone()),
+                target_endpoint: target_endpoint.to_owned(),
+                target_token: Some(target_token.clone()),
+            });
+            request.set_timeout(REPLICATE_TIMEOUT);
+            async move { client.replicate(request).await }
+        }))?;
+        Ok(response.into_inner())
     }
 }
 
