@@ -11,13 +11,15 @@ pub const DEFAULT_CONTROLLER: &str = "http://127.0.0.1:7400";
 #[derive(Debug, Parser)]
 #[command(name = "fleetmig", version, propagate_version = true)]
 pub struct Cli {
-    /// URL of the controller's gRPC endpoint.
+    /// URL of the controller's gRPC endpoint, or a comma-separated list of
+    /// the controllers of one fleet: the first that answers is used.
     #[arg(
         long,
         global = true,
         env = "FLEETMIG_CONTROLLER",
         default_value = DEFAULT_CONTROLLER,
-        value_name = "URL"
+        value_name = "URL[,URL...]",
+        value_parser = parse_controllers
     )]
     pub controller: String,
 
@@ -28,6 +30,15 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--controller`: one URL or a comma-separated list, trimmed (`a,b,c`).
+fn parse_controllers(text: &str) -> Result<String, String> {
+    let urls: Vec<&str> = text.split(',').map(str::trim).collect();
+    if urls.iter().any(|url| url.is_empty()) {
+        return Err(format!("empty controller URL in {text:?}"));
+    }
+    Ok(urls.join(","))
 }
 
 /// The subcommands. Every operator command takes `--json` for
@@ -251,6 +262,26 @@ mod tests {
         };
         assert!(status.output.json);
         assert_eq!(status.wave, None);
+    }
+
+    #[test]
+    fn controller_lists_are_trimmed_and_checked() {
+        let cli = parse(&[
+            "--controller",
+            "http://10.0.0.1:7400, http://10.0.0.2:7400 ,http://10.0.0.3:7400",
+            "status",
+        ]);
+        assert_eq!(
+            cli.controller,
+            "http://10.0.0.1:7400,http://10.0.0.2:7400,http://10.0.0.3:7400"
+        );
+        assert_eq!(parse(&["status"]).controller, DEFAULT_CONTROLLER);
+        for bad in ["http://a:1,,http://b:2", "http://a:1,", " "] {
+            assert!(
+                Cli::try_parse_from(["fleetmig", "--controller", bad, "status"]).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

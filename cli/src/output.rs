@@ -882,7 +882,43 @@ pub fn render_storage_nodes(nodes: &ListStorageNodesResponse) -> String {
     align_right(&mut table, &[3, 4, 5, 6, 7, 8, 9]);
     let mut text = table.to_string();
     text.push('\n');
+    text.push_str(&render_under_replicated(nodes));
     text
+}
+
+/// The under-replicated part of `fleetmig storage list`: migrations with fewer
+/// live committed copies than their plan asks for.
+fn render_under_replicated(nodes: &ListStorageNodesResponse) -> String {
+    if nodes.under_replicated.is_empty() {
+        return "every replicated migration has all its copies\n".to_owned();
+    }
+    let mut table = plain_table(&["MIGRATION", "WAVE", "WANTED", "LIVE", "HOLDERS"]);
+    for under in &nodes.under_replicated {
+        let holders = under
+            .holders
+            .iter()
+            .map(|holder| {
+                if under.live_holders.contains(holder) {
+                    holder.clone()
+                } else {
+                    format!("{holder} (down)")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        table.add_row(vec![
+            under.migration_id.clone(),
+            dash_if_empty(&under.wave),
+            under.wanted.to_string(),
+            under.live_holders.len().to_string(),
+            dash_if_empty(&holders),
+        ]);
+    }
+    align_right(&mut table, &[2, 3]);
+    format!(
+        "\n{} under-replicated migration(s):\n{table}\n",
+        nodes.under_replicated.len()
+    )
 }
 
 /// `ListStorageNodes` as a JSON document (`null` capacity before a report).
@@ -912,7 +948,20 @@ pub fn storage_nodes_json(nodes: &ListStorageNodesResponse) -> Value {
             })
         })
         .collect();
-    json!({ "storage_nodes": list })
+    let under: Vec<Value> = nodes
+        .under_replicated
+        .iter()
+        .map(|under| {
+            json!({
+                "migration_id": under.migration_id,
+                "wave": under.wave,
+                "wanted": under.wanted,
+                "holders": under.holders,
+                "live_holders": under.live_holders,
+            })
+        })
+        .collect();
+    json!({ "storage_nodes": list, "under_replicated": under })
 }
 
 /// An audit event as JSON (one line of `events --follow --json`).
@@ -958,7 +1007,9 @@ pub fn render_event(event: &Event) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fleetmig_proto::v1::{CaptureSummary, Failure, Inventory, ProgressSnapshot, UserProfile};
+    use fleetmig_proto::v1::{
+        CaptureSummary, Failure, Inventory, ProgressSnapshot, UnderReplicated, UserProfile,
+    };
 
     #[test]
     fn phase_names_match_the_proto() {
@@ -1368,6 +1419,25 @@ mod tests {
             3
         );
         assert_eq!(document["storage_nodes"][1]["capacity"], Value::Null);
+        assert!(text.contains("every replicated migration"), "{text}");
+
+        let degraded = ListStorageNodesResponse {
+            under_replicated: vec![UnderReplicated {
+                migration_id: "m-1".into(),
+                wave: "w1".into(),
+                wanted: 2,
+                holders: vec!["node-a".into(), "node-b".into()],
+                live_holders: vec!["node-a".into()],
+            }],
+            ..nodes.clone()
+        };
+        let text = render_storage_nodes(&degraded);
+        assert!(
+            text.contains("1 under-replicated") && text.contains("node-b (down)"),
+            "{text}"
+        );
+        let document = storage_nodes_json(&degraded);
+        assert_eq!(document["under_replicated"][0]["live_holders"][0], "node-a");
         assert_eq!(
             render_storage_nodes(&ListStorageNodesResponse::default()),
             "no storage nodes\n"
