@@ -1,15 +1,19 @@
-//! The [`Cluster`]: a temporary directory, a controller process, worker processes and
-//! generated machines, all torn down when it drops.
+//! The [`Cluster`]: a temporary directory, a controller process (or, for HA tests, an etcd
+//! cluster and several controllers: see `ha.rs`), worker processes and generated machines,
+//! all torn down when it drops.
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use fleetmig_proto::v1::operator_service_client::OperatorServiceClient;
 use tempfile::TempDir;
 use tonic::transport::Channel;
 
+use crate::etcd::EtcdCluster;
+use crate::ha::{HaController, NO_LEADER_HINT};
 use crate::process::{ChildProcess, LiveChildren, bin, log_tail};
 
 /// Set (to anything) to keep every test's directory; it is also kept when a test fails.
@@ -22,6 +26,11 @@ const REBIND_TIMEOUT: Duration = Duration::from_secs(15);
 /// A test's fleet: one directory holding the controller's data, the machines and every
 /// child's log (`logs/<name>.log`), and the processes running on it.
 ///
+/// It runs either one controller on the embedded store ([`Cluster::start_controller`]) or,
+/// for HA tests, an etcd cluster ([`Cluster::start_etcd`]) and several controllers sharing
+/// it ([`Cluster::start_ha_controllers`]). Workers and storage nodes get every controller's
+/// URL; operator calls go to the single controller or to the current leader.
+///
 /// Dropping it kills every child it started (workers included). When the test failed,
 /// or [`KEEP_DIRS_ENV`] is set, the directory is kept and its path printed; after a
 /// failure the tail of every log is printed too.
@@ -30,6 +39,47 @@ pub struct Cluster {
     root: PathBuf,
     live: LiveChildren,
     controller: Option<ControllerHandle>,
+    /// Arguments the single controller was started with after the common ones (reused by
+    /// [`Cluster::restart_controller`]).
+    controller_args: Vec<OsString>,
+    /// The etcd cluster of an HA test.
+    pub(crate) etcd: Option<EtcdCluster>,
+    /// The controllers of an HA test, by index (`controller-<i>`, `--controller-id c<i>`).
+    pub(crate) ha: Vec<HaController>,
+    /// Index into `ha` of the controller last found leading ([`NO_LEADER_HINT`]: none).
+    pub(crate) leader_hint: AtomicUsize,
+}
+
+/// How to start one controller process: where its files go and its own arguments.
+#[derive(Debug, Clone)]
+pub(crate) struct ControllerLaunch {
+    /// Process and log name (`controller`, `controller-1`).
+    pub(crate) name: String,
+    /// Directory holding its `data/` and `ready` file.
+    pub(crate) dir: PathBuf,
+    /// Arguments after the common ones (`--store ...`, `--controller-id ...`).
+    pub(crate) extra_args: Vec<OsString>,
+}
+
+/// A controller process started and not yet known to serve.
+pub(crate) struct StartingController {
+    child: ChildProcess,
+    ready_file: PathBuf,
+    data_dir: PathBuf,
+}
+
+impl StartingController {
+    /// Waits until it serves; an error with its log tail when it exits or takes too long.
+    pub(crate) async fn ready(mut self) -> Result<ControllerHandle, String> {
+        let addr = wait_for_ready_file(&mut self.child, &self.ready_file).await?;
+        let client = connect_operator(&format!("http://{addr}")).await?;
+        Ok(ControllerHandle {
+            addr,
+            data_dir: self.data_dir,
+            child: self.child,
+            client,
+        })
+    }
 }
 
 /// The running controller.
@@ -130,7 +180,7 @@ impl Cluster {
             .tempdir()
             .expect("cannot create the test directory");
         let root = dir.path().to_path_buf();
-        for sub in ["logs", "machines", "controller"] {
+        for sub in ["logs", "machines"] {
             std::fs::create_dir_all(root.join(sub))
                 .unwrap_or_else(|err| panic!("cannot create {}: {err}", root.join(sub).display()));
         }
@@ -139,6 +189,10 @@ impl Cluster {
             root,
             live: LiveChildren::default(),
             controller: None,
+            controller_args: Vec::new(),
+            etcd: None,
+            ha: Vec::new(),
+            leader_hint: AtomicUsize::new(NO_LEADER_HINT),
         }
     }
 
@@ -157,36 +211,76 @@ impl Cluster {
         self.root.join("logs").join(format!("{name}.log"))
     }
 
-    /// The running controller.
+    /// The running controller (of a cluster with one controller on the embedded store).
     ///
     /// # Panics
-    /// When none was started.
+    /// When none was started (an HA cluster has [`Cluster::ha_controller`] and
+    /// [`Cluster::operator`] instead).
     pub fn controller(&self) -> &ControllerHandle {
-        self.controller
-            .as_ref()
-            .expect("no controller: call Cluster::start_controller first")
+        self.controller.as_ref().expect(NO_CONTROLLER)
+    }
+
+    /// Whether a single controller (on the embedded store) was started.
+    pub(crate) fn has_single_controller(&self) -> bool {
+        self.controller.is_some()
     }
 
     /// The controller, mutably (to check on or kill its process).
     pub fn controller_mut(&mut self) -> &mut ControllerHandle {
-        self.controller
-            .as_mut()
-            .expect("no controller: call Cluster::start_controller first")
+        self.controller.as_mut().expect(NO_CONTROLLER)
+    }
+
+    /// The controller URL(s) workers and storage nodes are given: the single controller's,
+    /// or every HA controller's, comma-separated, in index order.
+    ///
+    /// # Panics
+    /// When no controller was started.
+    pub fn controller_urls(&self) -> String {
+        if let Some(controller) = &self.controller {
+            return controller.url();
+        }
+        assert!(!self.ha.is_empty(), "{NO_CONTROLLER}");
+        self.ha
+            .iter()
+            .map(HaController::url)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// Starts the controller on a free port, with short check-in, lease and heartbeat
     /// intervals, and waits until it serves.
     pub async fn start_controller(&mut self) -> &ControllerHandle {
+        self.start_controller_with(&[]).await
+    }
+
+    /// [`Cluster::start_controller`] with `extra_args` appended (e.g.
+    /// `--node-report-interval-ms 500`); a restart reuses them.
+    pub async fn start_controller_with(&mut self, extra_args: &[&str]) -> &ControllerHandle {
         assert!(
             self.controller.is_none(),
             "the controller is already running"
         );
+        assert!(
+            self.ha.is_empty(),
+            "this cluster runs HA controllers; it cannot also run a single one"
+        );
+        self.controller_args = extra_args.iter().map(OsString::from).collect();
         let listen: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
+        let launch = self.single_controller_launch();
         let handle = self
-            .spawn_controller(listen)
+            .spawn_controller(&launch, listen)
+            .ready()
             .await
             .unwrap_or_else(|message| panic!("{message}"));
         self.controller.insert(handle)
+    }
+
+    fn single_controller_launch(&self) -> ControllerLaunch {
+        ControllerLaunch {
+            name: "controller".to_owned(),
+            dir: self.root.join("controller"),
+            extra_args: self.controller_args.clone(),
+        }
     }
 
     /// SIGKILLs the controller, waits for it to exit, and starts it again on the same
@@ -199,29 +293,51 @@ impl Cluster {
         old.child.kill().await;
         let addr = old.addr;
         drop(old);
-        // Binding the old port may briefly fail; retry until it works.
+        let launch = self.single_controller_launch();
+        let handle = self.respawn_controller(&launch, addr).await;
+        self.controller.insert(handle)
+    }
+
+    /// Starts the controller of `launch` again on `addr` (its old address), retrying while
+    /// binding the old port fails.
+    pub(crate) async fn respawn_controller(
+        &self,
+        launch: &ControllerLaunch,
+        addr: SocketAddr,
+    ) -> ControllerHandle {
         let deadline = Instant::now() + REBIND_TIMEOUT;
         loop {
-            match self.spawn_controller(addr).await {
-                Ok(handle) => return self.controller.insert(handle),
+            match self.spawn_controller(launch, addr).ready().await {
+                Ok(handle) => return handle,
                 Err(message) if Instant::now() < deadline => {
-                    eprintln!("harness: controller restart on {addr} failed, retrying: {message}");
+                    eprintln!(
+                        "harness: {} restart on {addr} failed, retrying: {message}",
+                        launch.name
+                    );
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                Err(message) => panic!("cannot restart the controller on {addr}: {message}"),
+                Err(message) => panic!("cannot restart {} on {addr}: {message}", launch.name),
             }
         }
     }
 
-    async fn spawn_controller(&self, listen: SocketAddr) -> Result<ControllerHandle, String> {
-        let data_dir = self.root.join("controller").join("data");
-        let ready_file = self.root.join("controller").join("ready");
+    /// Starts the controller process of `launch` listening on `listen`, with short check-in,
+    /// lease and heartbeat intervals; [`StartingController::ready`] waits until it serves.
+    pub(crate) fn spawn_controller(
+        &self,
+        launch: &ControllerLaunch,
+        listen: SocketAddr,
+    ) -> StartingController {
+        std::fs::create_dir_all(&launch.dir)
+            .unwrap_or_else(|err| panic!("cannot create {}: {err}", launch.dir.display()));
+        let data_dir = launch.dir.join("data");
+        let ready_file = launch.dir.join("ready");
         match std::fs::remove_file(&ready_file) {
             Ok(()) => {}
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(err) => panic!("cannot remove {}: {err}", ready_file.display()),
         }
-        let args: Vec<OsString> = vec![
+        let mut args: Vec<OsString> = vec![
             "--listen".into(),
             listen.to_string().into(),
             "--data-dir".into(),
@@ -235,25 +351,25 @@ impl Cluster {
             "--heartbeat-ms".into(),
             "500".into(),
         ];
-        let mut child = ChildProcess::spawn(
-            "controller",
+        args.extend(launch.extra_args.iter().cloned());
+        let child = ChildProcess::spawn(
+            &launch.name,
             &bin("fleetmig-controller"),
             &args,
-            &self.log_path("controller"),
+            &self.log_path(&launch.name),
             &self.live,
         );
-        let addr = wait_for_ready_file(&mut child, &ready_file).await?;
-        let client = connect_operator(&format!("http://{addr}")).await?;
-        Ok(ControllerHandle {
-            addr,
-            data_dir,
+        StartingController {
             child,
-            client,
-        })
+            ready_file,
+            data_dir,
+        }
     }
 
     /// Starts `fleetmig-worker agent` for the machine at `machine_root`, connected to
-    /// the controller, with `extra_args` appended (e.g. `--fault-capture-delay-ms 5`).
+    /// the controller (every controller of an HA cluster, see
+    /// [`Cluster::controller_urls`]), with `extra_args` appended (e.g.
+    /// `--fault-capture-delay-ms 5`).
     pub fn start_worker(&self, machine_root: &Path, extra_args: &[&str]) -> WorkerHandle {
         let machine = machine_root
             .file_name()
@@ -263,7 +379,7 @@ impl Cluster {
         WorkerHandle::spawn(
             name.clone(),
             machine_root.to_path_buf(),
-            self.controller().url(),
+            self.controller_urls(),
             extra_args,
             self.log_path(&name),
             self.live.clone(),
@@ -294,6 +410,8 @@ impl Default for Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.controller = None;
+        self.ha.clear();
+        self.etcd = None;
         self.live.kill_all();
         let failed = std::thread::panicking();
         if failed {
@@ -311,6 +429,10 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// What [`Cluster::controller`] says when there is no single controller.
+const NO_CONTROLLER: &str = "no controller: call Cluster::start_controller first (an HA cluster \
+                             has Cluster::ha_controller and Cluster::operator)";
 
 /// Waits until `child` has written its address to `ready_file`; an error with its log
 /// tail when it exits first or takes too long.
@@ -359,7 +481,7 @@ pub(crate) async fn wait_for_ready_file(
 }
 
 /// Connects an operator client to `url`, retrying until the server answers.
-async fn connect_operator(url: &str) -> Result<OperatorServiceClient<Channel>, String> {
+pub(crate) async fn connect_operator(url: &str) -> Result<OperatorServiceClient<Channel>, String> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         match OperatorServiceClient::connect(url.to_owned()).await {

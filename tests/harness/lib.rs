@@ -7,10 +7,13 @@
 //! holds or a timeout passes, and then fails with what it last saw.
 //!
 //! The binaries must be built first: `cargo build --workspace --bins` (scripts/test.sh
-//! does it).
+//! does it). The HA tests also need etcd (`$FLEETMIG_ETCD` or `etcd` on `PATH`, which
+//! `scripts/setup.sh` installs).
 
 mod checks;
 mod cluster;
+mod etcd;
+mod ha;
 mod journal;
 mod machine;
 mod nodes;
@@ -25,6 +28,8 @@ pub use checks::{
     phase_of,
 };
 pub use cluster::{Cluster, ControllerHandle, WorkerHandle};
+pub use etcd::{ETCD_MAX_TXN_OPS, EtcdCluster, EtcdMember, etcd_binary};
+pub use ha::{ControllerProbe, HaController, LeaderInfo, describe_probes};
 pub use journal::{
     CommittedCapture, JournalEntry, UploadFigures, committed_capture, journal_path, read_journal,
 };

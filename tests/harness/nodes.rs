@@ -1,4 +1,4 @@
-//! Storage nodes as child processes, registered with the cluster's controller.
+//! Storage nodes as child processes, registered with the cluster's controller(s).
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -199,7 +199,8 @@ pub fn chunk_files(data_dir: &Path) -> Vec<(String, PathBuf)> {
 
 impl Cluster {
     /// Starts storage node `name` at `site` on a free port, registered with the
-    /// controller, with `extra_args` appended; waits until it serves.
+    /// controller (given every controller of an HA cluster, see
+    /// [`Cluster::controller_urls`]), with `extra_args` appended; waits until it serves.
     pub async fn start_storage_node(
         &self,
         name: &str,
@@ -214,7 +215,7 @@ impl Cluster {
             site: site.to_string(),
             data_dir,
             listen: "127.0.0.1:0".parse().expect("valid address"),
-            controller_url: self.controller().url(),
+            controller_url: self.controller_urls(),
             log_path: self.log_path(&format!("node-{name}")),
             live: self.live_children(),
         };

@@ -1,12 +1,14 @@
-//! The operator's view: plans, waves, status and the audit log over the operator API,
-//! and [`wait_for`].
+//! The operator's view: plans, waves, status and the audit log over the operator API
+//! (of the single controller, or of the current leader of an HA cluster: see
+//! [`Cluster::operator`]), and [`wait_for`].
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use fleetmig_proto::v1::{
-    ApplyPlanResponse, Event, JobPhase, JobStatus, ListMachinesRequest, MachineStatus, PlanRequest,
-    StatusRequest, StatusResponse, WatchEventsRequest, WaveRequest, WaveResponse,
+    ApplyPlanResponse, Event, JobPhase, JobStatus, ListMachinesRequest, ListStorageNodesRequest,
+    ListStorageNodesResponse, MachineStatus, PlanRequest, StatusRequest, StatusResponse,
+    WatchEventsRequest, WaveRequest, WaveResponse,
 };
 
 use crate::checks::describe_jobs;
@@ -99,7 +101,7 @@ impl Cluster {
             attachments: Default::default(),
         };
         expect_ok(
-            self.controller().client().apply_plan(request).await,
+            self.operator().await.apply_plan(request).await,
             &format!("applying the plan\n{source}\n"),
         )
     }
@@ -111,7 +113,7 @@ impl Cluster {
             actor: "integration-test".to_owned(),
         };
         expect_ok(
-            self.controller().client().start_wave(request).await,
+            self.operator().await.start_wave(request).await,
             &format!("starting wave {name}"),
         )
     }
@@ -121,12 +123,11 @@ impl Cluster {
         let request = StatusRequest {
             wave: wave.to_owned(),
         };
-        Ok(self
-            .controller()
-            .client()
-            .get_status(request)
-            .await?
-            .into_inner())
+        let mut client = self
+            .try_operator()
+            .await
+            .map_err(tonic::Status::unavailable)?;
+        Ok(client.get_status(request).await?.into_inner())
     }
 
     /// Status of `wave` (all waves when empty).
@@ -145,10 +146,22 @@ impl Cluster {
     pub async fn machines(&self) -> Vec<MachineStatus> {
         let request = ListMachinesRequest::default();
         expect_ok(
-            self.controller().client().list_machines(request).await,
+            self.operator().await.list_machines(request).await,
             "listing machines",
         )
         .machines
+    }
+
+    /// The storage nodes and the under-replicated migrations, or the gRPC error.
+    pub async fn try_storage_nodes(&self) -> Result<ListStorageNodesResponse, tonic::Status> {
+        let mut client = self
+            .try_operator()
+            .await
+            .map_err(tonic::Status::unavailable)?;
+        Ok(client
+            .list_storage_nodes(ListStorageNodesRequest {})
+            .await?
+            .into_inner())
     }
 
     /// Waits until every one of `hostnames` is enrolled; returns hostname -> machine id.
@@ -233,7 +246,7 @@ impl Cluster {
             stop_after_replay: true,
         };
         let mut stream = expect_ok(
-            self.controller().client().watch_events(request).await,
+            self.operator().await.watch_events(request).await,
             "watching events",
         );
         let mut events = Vec::new();

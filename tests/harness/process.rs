@@ -205,6 +205,46 @@ impl ChildProcess {
         status
     }
 
+    /// Its process id, while it has not been reaped.
+    pub fn pid(&mut self) -> Option<i32> {
+        if self.try_exit().is_some() {
+            return None;
+        }
+        self.child.id().and_then(|id| i32::try_from(id).ok())
+    }
+
+    /// Sends SIGSTOP: the process freezes (its sockets stay open, nothing answers) until
+    /// [`ChildProcess::resume`].
+    ///
+    /// # Panics
+    /// When it has exited.
+    pub fn pause(&mut self) {
+        self.signal(rustix::process::Signal::STOP, "SIGSTOP");
+    }
+
+    /// Sends SIGCONT to a process stopped by [`ChildProcess::pause`].
+    ///
+    /// # Panics
+    /// When it has exited.
+    pub fn resume(&mut self) {
+        self.signal(rustix::process::Signal::CONT, "SIGCONT");
+    }
+
+    fn signal(&mut self, signal: rustix::process::Signal, signal_name: &str) {
+        let pid = self.pid().unwrap_or_else(|| {
+            panic!(
+                "cannot send {signal_name} to {}: it has exited; log {}:{}",
+                self.name,
+                self.log_path.display(),
+                self.log_tail()
+            )
+        });
+        // The pid belongs to our own unreaped child, so it cannot have been reused.
+        let target = rustix::process::Pid::from_raw(pid).expect("a child's pid is positive");
+        rustix::process::kill_process(target, signal)
+            .unwrap_or_else(|err| panic!("cannot send {signal_name} to {}: {err}", self.name));
+    }
+
     /// Waits until it exits by itself.
     pub async fn wait(&mut self) -> ExitStatus {
         if let Some(status) = self.exit {
