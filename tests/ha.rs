@@ -262,19 +262,23 @@ async fn leader_killed_mid_wave_fails_over_and_the_wave_completes() {
 /// Election TTL of the pause test, in seconds.
 const PAUSE_TTL_SECS: u64 = 3;
 /// Machines of the pause test.
-const PAUSE_MACHINES: usize = 12;
+const PAUSE_MACHINES: usize = 24;
 
 /// The leader is frozen (SIGSTOP) for three lease TTLs in the middle of a wave: another
-/// controller takes over with a higher epoch; when the old one wakes up it no longer leads,
-/// and nothing it tried to write after the new leader started made it into the audit log.
-/// The wave completes with each phase once and every machine intact.
+/// controller takes over with a higher epoch. When the old one wakes up it still believes it
+/// leads (`--fault-ignore-lease-loss`) and goes on writing: etcd refuses its first write by
+/// the fence, it steps down, and nothing it tried to write after the new leader started made
+/// it into the audit log. The wave completes with each phase once on every worker's own
+/// journal (no worker acted on a stale assignment) and every machine intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leader_paused_past_its_lease_is_fenced() {
     let mut cluster = Cluster::new();
     let machines = small_machines(&cluster, "PZ", PAUSE_MACHINES, 700).await;
     cluster.start_etcd(ETCD_MEMBERS).await;
+    // Every controller carries on as if it still led when its lease is lost, as a process
+    // that slept through it would: only the fence on its writes can stop the old leader.
     cluster
-        .start_ha_controllers(CONTROLLERS, PAUSE_TTL_SECS)
+        .start_ha_controllers_with(CONTROLLERS, PAUSE_TTL_SECS, &["--fault-ignore-lease-loss"])
         .await;
     let mut workers = Vec::new();
     for machine in &machines {
@@ -425,15 +429,25 @@ async fn a_leader_paused_past_its_lease_is_fenced() {
         describe_events(&late)
     );
 
+    // It found out from etcd refusing a write, not from its lease.
     let log_path = cluster.ha_controller(old.index).log_path().to_path_buf();
-    print_fencing_messages(&log_path);
+    let fenced = print_fencing_messages(&log_path);
+    assert!(
+        fenced
+            .iter()
+            .any(|line| line.contains("write refused by the fence")),
+        "the resumed {} stepped down without a write refused by the fence (see {})",
+        old.controller_id,
+        log_path.display()
+    );
     for worker in &mut workers {
         worker.child.assert_running();
     }
 }
 
-/// Prints the lines of the log at `path` that tell of lost leadership or fenced writes.
-fn print_fencing_messages(path: &std::path::Path) {
+/// Prints the lines of the log at `path` that tell of lost leadership or fenced writes, and
+/// returns them.
+fn print_fencing_messages(path: &std::path::Path) -> Vec<String> {
     const PATTERNS: [&str; 5] = [
         "not the leader",
         "leadership lost",
@@ -456,7 +470,7 @@ fn print_fencing_messages(path: &std::path::Path) {
             "fencing: no message matching {PATTERNS:?} in {}",
             path.display()
         );
-        return;
+        return Vec::new();
     }
     eprintln!(
         "fencing: {} lines of {} match {PATTERNS:?}; the first ones:",
@@ -466,6 +480,7 @@ fn print_fencing_messages(path: &std::path::Path) {
     for line in found.iter().take(12) {
         eprintln!("    {line}");
     }
+    found.into_iter().map(str::to_owned).collect()
 }
 
 /// A replace plan over `pairs` asking for `replication` copies of each capture.

@@ -236,6 +236,23 @@ pub(crate) fn guard_for_write(membership: &Membership) -> Option<LeaderGuard> {
         .or_else(|| membership.term().map(|term| term.guard))
 }
 
+/// What a leader does when its lease is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseLoss {
+    /// Step down at once (always, outside fault tests).
+    StepDown,
+    /// Fault injection: carry on as if still leading, as a process that
+    /// slept through its lease does; only the fence on writes stops it.
+    Ignore,
+}
+
+impl LeaseLoss {
+    /// `Ignore` when the fault flag is set.
+    pub fn from_fault_flag(ignore: bool) -> Self {
+        if ignore { Self::Ignore } else { Self::StepDown }
+    }
+}
+
 impl Controller {
     /// This controller's id among several ("embedded" on the embedded store).
     pub fn controller_id(&self) -> &str {
@@ -260,8 +277,15 @@ impl Controller {
 
     /// Campaigns for the leadership until `shutdown`; while elected, this
     /// controller schedules. Losing the lease means stepping down and
-    /// campaigning again, never exiting.
-    pub async fn run_election(self, election: Election, shutdown: CancellationToken) {
+    /// campaigning again, never exiting (unless `on_loss` is the fault
+    /// [`LeaseLoss::Ignore`]: then only a write refused by the fence ends
+    /// the term).
+    pub async fn run_election(
+        self,
+        election: Election,
+        on_loss: LeaseLoss,
+        shutdown: CancellationToken,
+    ) {
         loop {
             let leadership = match election.campaign(&shutdown).await {
                 Ok(leadership) => leadership,
@@ -291,6 +315,13 @@ impl Controller {
             let lost = leadership.lost();
             tokio::select! {
                 () = lost.cancelled() => {
+                    if on_loss == LeaseLoss::Ignore {
+                        tracing::warn!(
+                            "fault injection: the leadership lease is lost, and this controller \
+                             goes on as if it led until the fence refuses one of its writes"
+                        );
+                        self.until_fenced(&shutdown).await;
+                    }
                     self.inner.membership.end_term();
                     tracing::warn!("leadership lost: stepping down to follower");
                 }
@@ -301,6 +332,17 @@ impl Controller {
                     }
                     return;
                 }
+            }
+        }
+    }
+
+    /// Waits until a write refused by the fence ended this controller's
+    /// term, or `shutdown`.
+    async fn until_fenced(&self, shutdown: &CancellationToken) {
+        while self.inner.membership.term().is_some() && !shutdown.is_cancelled() {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
         }
     }

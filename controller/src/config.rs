@@ -62,4 +62,9 @@ pub struct Config {
     /// Seconds to let in-flight requests finish on shutdown.
     #[arg(long, default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+    /// Fault injection (tests): when the leadership lease is lost, go on
+    /// believing this controller leads, as a process that slept through its
+    /// lease would, so that only the fence on its writes stops it.
+    #[arg(long, hide = true)]
+    pub fault_ignore_lease_loss: bool,
 }

@@ -2,7 +2,7 @@
 //! scheduler (and, on etcd, the election, the feed and the contact relay),
 //! and shut all of it down on one cancellation token.
 
-use crate::cluster::{KnownLeader, Membership};
+use crate::cluster::{KnownLeader, LeaseLoss, Membership};
 use crate::config::Config;
 use crate::controller::{Controller, ControllerSettings};
 use crate::error::{Error, Result};
@@ -100,7 +100,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
                 .run_leader_watch(election.clone(), shutdown.clone()),
         );
         tasks.spawn(controller.clone().run_relay(shutdown.clone()));
-        tasks.spawn(controller.clone().run_election(election, shutdown.clone()));
+        tasks.spawn(controller.clone().run_election(
+            election,
+            LeaseLoss::from_fault_flag(config.fault_ignore_lease_loss),
+            shutdown.clone(),
+        ));
         tasks.close();
         let served = serve(controller, listener, &config, shutdown).await;
         let grace = Duration::from_secs(config.shutdown_grace_secs);

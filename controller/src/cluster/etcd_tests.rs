@@ -65,10 +65,11 @@ async fn a_follower_takes_over_with_a_new_epoch_and_a_stale_pass_is_fenced() {
 
     // a is elected first and starts term 1.
     let stop_a = CancellationToken::new();
-    let a_campaign = tokio::spawn(
-        a.clone()
-            .run_election(election(&store_a, "a"), stop_a.clone()),
-    );
+    let a_campaign = tokio::spawn(a.clone().run_election(
+        election(&store_a, "a"),
+        LeaseLoss::StepDown,
+        stop_a.clone(),
+    ));
     eventually("a leads", || a.is_leader()).await;
     assert_eq!(a.epoch(), 1);
     eventually("b hears of epoch 1", || b.epoch() == 1).await;
@@ -104,10 +105,11 @@ async fn a_follower_takes_over_with_a_new_epoch_and_a_stale_pass_is_fenced() {
     assert!(event.seq > 0);
 
     // a steps down (resigns); b takes over with a higher epoch.
-    tokio::spawn(
-        b.clone()
-            .run_election(election(&store_b, "b"), stop.clone()),
-    );
+    tokio::spawn(b.clone().run_election(
+        election(&store_b, "b"),
+        LeaseLoss::StepDown,
+        stop.clone(),
+    ));
     stop_a.cancel();
     a_campaign.await.unwrap();
     eventually("b leads", || b.is_leader()).await;
