@@ -12,6 +12,21 @@
 //! Every token carries the job's fence; a node remembers the highest fence
 //! it has seen per migration and refuses lower ones ([`is_stale_fence`];
 //! fence [`UNFENCED`] is exempt).
+//!
+//! Mutual TLS, the other half of authentication, lives in three modules:
+//! [`identity`] (who a peer is, carried as a `spiffe://fleetmig/...` URI SAN
+//! in its certificate, and reading it back from a tonic request), [`pki`]
+//! (the fleet's certificate authority: issuing certificates, signing worker
+//! CSRs, writing a small deployment's PKI directory) and [`tls`] (loading PEM
+//! files and building tonic's server and client TLS configs).
+
+pub mod identity;
+pub mod pki;
+pub mod tls;
+pub mod transport;
+
+pub use identity::{PeerCert, PeerIdentity, Role};
+pub use transport::Transport;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use fleetmig_proto::v1::{self, CapabilityRole};
@@ -53,6 +68,103 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// A peer identity URI is not a well-formed fleetmig identity.
+    #[error("invalid peer identity {uri:?}: {reason}")]
+    InvalidIdentity {
+        /// The URI (or name) refused.
+        uri: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An operator role is not `viewer`, `operator` or `admin`.
+    #[error("unknown operator role {0:?} (expected viewer, operator or admin)")]
+    InvalidRole(String),
+    /// A peer's certificate does not parse or does not name exactly one
+    /// fleetmig identity.
+    #[error("peer certificate: {0}")]
+    PeerCertificate(String),
+    /// A DNS name or IP address cannot go into a server certificate.
+    #[error("invalid server name {name:?}: {reason}")]
+    InvalidServerName {
+        /// The name refused.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Creating, issuing or loading a certificate failed.
+    #[error("{what}: {reason}")]
+    Certificate {
+        /// What was being done ("issuing a certificate for machine m1").
+        what: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A worker's certificate signing request was refused.
+    #[error("certificate signing request refused: {0}")]
+    InvalidCsr(String),
+    /// A TLS file (CA bundle, certificate, private key) is missing or
+    /// unusable, or a PKI file could not be written.
+    #[error("tls file {path}: {reason}")]
+    TlsFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A TLS configuration is incomplete (e.g. a server without a key).
+    #[error("tls configuration: {0}")]
+    TlsConfig(String),
+    /// A PKI directory already holds a CA key; it is never overwritten.
+    #[error(
+        "{path} already exists: refusing to overwrite the fleet's certificate authority \
+         (every certificate it issued would stop verifying)"
+    )]
+    AlreadyInitialized {
+        /// The existing CA key file.
+        path: PathBuf,
+    },
+    /// A URL to reach over TLS is not `https://host[:port]`.
+    #[error("invalid tls url {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL refused.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// The gRPC status code for this error when it ends a call: a refused
+    /// token or peer is `Unauthenticated`, a token granting something else
+    /// `PermissionDenied`, bad input (a CSR, a name, a URL) `InvalidArgument`,
+    /// and the endpoint's own key, certificate or TLS files `Internal`.
+    pub fn code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            Error::Missing
+            | Error::Malformed(_)
+            | Error::BadSignature
+            | Error::Expired { .. }
+            | Error::InvalidIdentity { .. }
+            | Error::PeerCertificate(_) => Code::Unauthenticated,
+            Error::WrongGrant(_) => Code::PermissionDenied,
+            Error::InvalidRole(_)
+            | Error::InvalidServerName { .. }
+            | Error::InvalidCsr(_)
+            | Error::InvalidUrl { .. } => Code::InvalidArgument,
+            Error::AlreadyInitialized { .. } => Code::AlreadyExists,
+            Error::KeyFile { .. }
+            | Error::Certificate { .. }
+            | Error::TlsFile { .. }
+            | Error::TlsConfig(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(error: Error) -> Self {
+        tonic::Status::new(error.code(), error.to_string())
+    }
 }
 
 /// Result with this crate's [`Error`].
@@ -387,6 +499,26 @@ mod tests {
             ),
             Err(Error::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn errors_map_to_grpc_codes() {
+        assert_eq!(Error::Missing.code(), tonic::Code::Unauthenticated);
+        assert_eq!(
+            Error::WrongGrant("x".into()).code(),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!(
+            Error::PeerCertificate("x".into()).code(),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(
+            Error::InvalidCsr("x".into()).code(),
+            tonic::Code::InvalidArgument
+        );
+        let status = tonic::Status::from(Error::TlsConfig("no key".into()));
+        assert_eq!(status.code(), tonic::Code::Internal);
+        assert_eq!(status.message(), "tls configuration: no key");
     }
 
     #[test]
