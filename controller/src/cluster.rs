@@ -473,7 +473,7 @@ impl Controller {
                 continue;
             }
             if client.as_ref().is_none_or(|(url, _)| *url != leader.url) {
-                match peer_client(&leader.url) {
+                match peer_client(&self.inner.settings.transport, &leader.url) {
                     Ok(new) => client = Some((leader.url.clone(), new)),
                     Err(err) => {
                         tracing::warn!(url = %leader.url, error = %err, "bad leader URL");
@@ -678,6 +678,8 @@ impl Controller {
             self.registry()
                 .migration_keys
                 .insert(job_id.to_string(), migration_key);
+        } else if let Some(serial) = key.strip_prefix(crate::enrollment::REVOKED) {
+            self.inner.settings.trust.add_revoked([serial.to_string()]);
         } else if key == keys::EPOCH {
             self.observe_epoch(keys::decode::<u32>(key, value)?);
         }
@@ -685,8 +687,12 @@ impl Controller {
     }
 }
 
-fn peer_client(url: &str) -> Result<ControllerPeerClient<tonic::transport::Channel>> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+fn peer_client(
+    transport: &fleetmig_auth::Transport,
+    url: &str,
+) -> Result<ControllerPeerClient<tonic::transport::Channel>> {
+    let endpoint = transport
+        .endpoint(url)
         .map_err(|err| Error::InvalidArgument(format!("leader URL {url:?}: {err}")))?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true);

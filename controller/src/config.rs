@@ -62,6 +62,25 @@ pub struct Config {
     /// Seconds to let in-flight requests finish on shutdown.
     #[arg(long, default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+    /// The fleet's CA certificate (PEM): every peer's certificate must
+    /// chain to it. With --cert and --key, turns mutual TLS on.
+    #[arg(long, env = "FLEETMIG_TLS_CA")]
+    pub ca: Option<PathBuf>,
+    /// This controller's certificate (PEM), naming `spiffe://fleetmig/controller/...`.
+    #[arg(long, env = "FLEETMIG_TLS_CERT", requires = "ca")]
+    pub cert: Option<PathBuf>,
+    /// This controller's private key (PEM).
+    #[arg(long, env = "FLEETMIG_TLS_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// The CA's private key (PEM): lets this controller sign enrolling
+    /// machines' certificates. Without it, enrollment needs certificates
+    /// from your own PKI.
+    #[arg(long, env = "FLEETMIG_TLS_CA_KEY", requires = "ca")]
+    pub ca_key: Option<PathBuf>,
+    /// Serve and connect without TLS and without authentication. For local
+    /// development only: anyone who reaches the port can do anything.
+    #[arg(long, env = "FLEETMIG_INSECURE_PLAINTEXT", conflicts_with = "ca")]
+    pub insecure_plaintext: bool,
     /// Fault injection (tests): when the leadership lease is lost, go on
     /// believing this controller leads, as a process that slept through its
     /// lease would, so that only the fence on its writes stops it.

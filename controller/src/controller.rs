@@ -37,6 +37,10 @@ pub struct ControllerSettings {
     pub reservation_lease: Duration,
     /// The fleet key and the token signer.
     pub secrets: Arc<Secrets>,
+    /// The CA signing machine certificates, and the revoked ones.
+    pub trust: Arc<crate::enrollment::Trust>,
+    /// How this controller reaches storage nodes and the other controllers.
+    pub transport: fleetmig_auth::Transport,
 }
 
 impl Default for ControllerSettings {
@@ -49,6 +53,8 @@ impl Default for ControllerSettings {
             token_ttl: Duration::from_secs(6 * 3600),
             reservation_lease: Duration::from_secs(15 * 60),
             secrets: Arc::new(Secrets::ephemeral()),
+            trust: Arc::default(),
+            transport: fleetmig_auth::Transport::Plaintext,
         }
     }
 }

@@ -125,6 +125,16 @@ pub enum Error {
     /// Work handed to a blocking thread did not come back (it panicked).
     #[error("internal error: {0}")]
     Internal(String),
+    /// The caller did not prove who it is (no certificate, an unknown or
+    /// expired bootstrap token, a revoked certificate).
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The request cannot be served in this controller's configuration.
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
+    /// A named thing does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
 }
 
 fn detail_suffix(detail: &str) -> String {
@@ -163,6 +173,9 @@ impl From<Error> for tonic::Status {
             | Error::JobStopped { .. }
             | Error::NothingToRetry { .. } => tonic::Status::failed_precondition(message),
             Error::PermissionDenied(_) => tonic::Status::permission_denied(message),
+            Error::Unauthenticated(_) => tonic::Status::unauthenticated(message),
+            Error::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
+            Error::NotFound(_) => tonic::Status::not_found(message),
         }
     }
 }

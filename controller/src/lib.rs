@@ -9,6 +9,7 @@
 pub mod cluster;
 pub mod config;
 pub mod controller;
+pub mod enrollment;
 pub mod error;
 pub mod grpc;
 #[cfg(test)]

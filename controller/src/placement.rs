@@ -5,12 +5,13 @@
 //! the capability tokens workers present to the nodes.
 
 use crate::controller::Controller;
+use crate::error::{Error, Result};
 use crate::model::{Job, Phase, Placement, ReplicaNode, Scenario, now_ms};
 use crate::nodes::{Capacity, StorageNode};
 use fleetmig_proto::v1::{self, CapabilityRole, storage_node_client::StorageNodeClient};
 use std::collections::HashSet;
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Smallest reservation, for machines whose inventory reports no profiles.
 const MIN_RESERVATION_BYTES: u64 = 1 << 20;
@@ -240,7 +241,10 @@ impl Controller {
         let channel = match channels.get(cache_key) {
             Some(channel) => channel.clone(),
             None => {
-                let mut builder = Endpoint::from_shared(endpoint.to_string())
+                let mut builder = self
+                    .settings()
+                    .transport
+                    .endpoint(endpoint)
                     .map_err(|err| format!("bad node address {endpoint}: {err}"))?
                     .connect_timeout(Duration::from_secs(5))
                     .tcp_nodelay(true);
@@ -380,6 +384,67 @@ impl Controller {
                     .find(|r| r.node_id == node_id)
                     .map(|r| r.endpoint.clone())
             }
+        })
+    }
+
+    /// Key escrow: what an admin needs to restore migration `job_id` by
+    /// hand — its key, the fleet key, the nodes holding a committed copy and
+    /// a restore capability for each (for the destination, or the source
+    /// when there is none yet). Audited by the caller.
+    pub fn recovery_information(&self, job_id: &str) -> Result<v1::RecoverMigrationResponse> {
+        let job = self
+            .registry()
+            .jobs
+            .get(job_id)
+            .map(|job| job.value.clone())
+            .ok_or_else(|| Error::UnknownJob(job_id.to_string()))?;
+        if job.scenario != Scenario::Replace {
+            return Err(Error::FailedPrecondition(format!(
+                "job {job_id} is a refresh: its state is in the hard-link store on the machine \
+                 itself (fleetmig-worker load --store ...), nothing is escrowed"
+            )));
+        }
+        let (Some(placement), Some(captured)) = (job.placement.as_ref(), job.captured.as_ref())
+        else {
+            return Err(Error::FailedPrecondition(format!(
+                "migration {job_id} has no committed capture yet"
+            )));
+        };
+        let migration_key = self
+            .registry()
+            .migration_keys
+            .get(&job.id)
+            .copied()
+            .ok_or_else(|| Error::Internal(format!("the key of migration {job_id} is missing")))?;
+        let destination = job
+            .destination
+            .as_ref()
+            .map(|d| d.machine_id.clone())
+            .filter(|id| !id.is_empty())
+            .unwrap_or_else(|| job.machine_id.clone());
+        let mut node_endpoints = Vec::new();
+        let mut restore_tokens = Vec::new();
+        for holder in placement.holders(true) {
+            let Some(endpoint) = self.node_endpoint(&holder, placement) else {
+                continue;
+            };
+            node_endpoints.push(endpoint);
+            restore_tokens.push(self.capability(
+                &job,
+                &holder,
+                &destination,
+                CapabilityRole::Restore,
+            ));
+        }
+        Ok(v1::RecoverMigrationResponse {
+            migration_id: job.id.clone(),
+            source_machine_id: job.machine_id.clone(),
+            destination_machine_id: destination,
+            migration_key_hex: hex::encode(migration_key),
+            fleet_key_hex: hex::encode(self.settings().secrets.fleet_key()),
+            node_endpoints,
+            restore_tokens,
+            manifest_digest: captured.manifest_digest.clone(),
         })
     }
 

@@ -5,7 +5,9 @@
 use crate::cluster::{KnownLeader, LeaseLoss, Membership};
 use crate::config::Config;
 use crate::controller::{Controller, ControllerSettings};
+use crate::enrollment::Trust;
 use crate::error::{Error, Result};
+use crate::grpc::access::Access;
 use crate::grpc::{
     operator::OperatorApi, peer::PeerApi, storage::StorageRegistryApi, worker::WorkerApi,
 };
@@ -26,6 +28,10 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// How often a controller re-reads the revoked certificates (the others'
+/// revocations reach it at most this late; its own at once).
+const REVOCATION_REFRESH: Duration = Duration::from_secs(2);
+
 /// Writes `contents` to `path` atomically (temp file, fsync, rename).
 pub fn write_atomically(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
@@ -42,7 +48,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         path: config.data_dir.display().to_string(),
         message: err.to_string(),
     })?;
+    let (transport, trust) = security(&config)?;
     let settings = |secrets: Secrets| ControllerSettings {
+        transport: transport.clone(),
+        trust: trust.clone(),
         token_ttl: Duration::from_secs(config.token_ttl_secs.max(60)),
         reservation_lease: Duration::from_secs(config.reservation_lease_secs.max(10)),
         secrets: Arc::new(secrets),
@@ -118,6 +127,48 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     })
 }
 
+/// The transport and trust of `config`: mutual TLS with the given files, or
+/// plaintext when `--insecure-plaintext` says so; neither is an error.
+pub fn security(config: &Config) -> Result<(fleetmig_auth::Transport, Arc<Trust>)> {
+    if config.insecure_plaintext {
+        tracing::warn!("--insecure-plaintext: no TLS, no authentication; local development only");
+        return Ok((fleetmig_auth::Transport::Plaintext, Arc::default()));
+    }
+    let (Some(ca), Some(cert), Some(key)) = (&config.ca, &config.cert, &config.key) else {
+        return Err(Error::InvalidArgument(
+            "TLS is required: give --ca, --cert and --key (`fleetmig certs init` creates them), \
+             or --insecure-plaintext for local development"
+                .into(),
+        ));
+    };
+    let files = fleetmig_auth::tls::TlsFiles {
+        ca: ca.clone(),
+        cert: Some(cert.clone()),
+        key: Some(key.clone()),
+    };
+    let material = files
+        .load()
+        .map_err(|err| Error::InvalidArgument(format!("TLS: {err}")))?;
+    let trust = match &config.ca_key {
+        None => Trust::default(),
+        Some(ca_key) => {
+            let read = |path: &Path| {
+                std::fs::read_to_string(path).map_err(|err| {
+                    Error::InvalidArgument(format!("cannot read {}: {err}", path.display()))
+                })
+            };
+            let authority =
+                fleetmig_auth::pki::CertificateAuthority::from_pem(&read(ca)?, &read(ca_key)?)
+                    .map_err(|err| Error::InvalidArgument(format!("--ca-key: {err}")))?;
+            Trust::with_ca(authority)
+        }
+    };
+    Ok((
+        fleetmig_auth::Transport::Tls(Arc::new(material)),
+        Arc::new(trust),
+    ))
+}
+
 /// Serves `controller` on an already bound `listener`.
 pub async fn serve(
     controller: Controller,
@@ -130,24 +181,37 @@ pub async fn serve(
         .map_err(|err| Error::InvalidArgument(format!("listener address: {err}")))?;
     let tasks = TaskTracker::new();
     tasks.spawn(controller.clone().run_scheduler(shutdown.clone()));
+    let transport = controller.settings().transport.clone();
+    let access = Access::new(transport.is_tls(), controller.settings().trust.clone());
+    if transport.is_tls() {
+        tasks.spawn(
+            controller
+                .clone()
+                .run_revocation_refresh(REVOCATION_REFRESH, shutdown.clone()),
+        );
+    }
 
     let worker = WorkerServiceServer::new(WorkerApi {
         controller: controller.clone(),
+        access: access.clone(),
     })
     .max_decoding_message_size(MAX_CONTROL_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_CONTROL_MESSAGE_BYTES);
     let operator = OperatorServiceServer::new(OperatorApi {
         controller: controller.clone(),
+        access: access.clone(),
     })
     .max_decoding_message_size(MAX_CONTROL_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_CONTROL_MESSAGE_BYTES);
     let peer = ControllerPeerServer::new(PeerApi {
         controller: controller.clone(),
+        access: access.clone(),
     })
     .max_decoding_message_size(MAX_CONTROL_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_CONTROL_MESSAGE_BYTES);
     let storage = StorageRegistryServer::new(StorageRegistryApi {
         controller: controller.clone(),
+        access: access.clone(),
         report_interval_ms: config.node_report_interval_ms,
     })
     .max_decoding_message_size(MAX_CONTROL_MESSAGE_BYTES)
@@ -155,7 +219,18 @@ pub async fn serve(
 
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let server_shutdown = shutdown.clone();
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    // Client certificates are optional at the handshake only so that a new
+    // worker can enroll; every handler but `Enroll` requires one (`Access`).
+    if let Some(tls) = transport
+        .server_config(fleetmig_auth::tls::ClientAuth::Optional)
+        .map_err(|err| Error::InvalidArgument(format!("TLS: {err}")))?
+    {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|err| Error::InvalidArgument(format!("TLS: {err}")))?;
+    }
+    let server = builder
         .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .tcp_nodelay(true)

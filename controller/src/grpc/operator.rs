@@ -1,8 +1,10 @@
 //! `OperatorService`: the thin tonic adapter for the CLI and dashboard.
 
+use super::access::Access;
 use super::convert;
 use crate::controller::Controller;
 use crate::model::Phase;
+use fleetmig_auth::Role;
 use fleetmig_proto::v1::{self, operator_service_server::OperatorService};
 use std::pin::Pin;
 use tokio_stream::Stream;
@@ -12,16 +14,8 @@ use tonic::{Request, Response, Status};
 pub struct OperatorApi {
     /// The controller this adapter serves.
     pub controller: Controller,
-}
-
-fn actor(name: &str) -> String {
-    if name.is_empty() {
-        "operator:anonymous".into()
-    } else if name.starts_with("operator:") {
-        name.to_string()
-    } else {
-        format!("operator:{name}")
-    }
+    /// Who may call.
+    pub access: Access,
 }
 
 impl OperatorApi {
@@ -53,6 +47,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<v1::PlanRequest>,
     ) -> Result<Response<v1::ValidatePlanResponse>, Status> {
+        self.access.operator(&request, Role::Viewer, "")?;
         let request = request.into_inner();
         let attachments = convert::attachments_from_wire(request.attachments)?;
         Ok(Response::new(
@@ -95,16 +90,12 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<v1::PlanRequest>,
     ) -> Result<Response<v1::ApplyPlanResponse>, Status> {
+        let actor = self.access.operator(&request, Role::Operator, "cli")?;
         let request = request.into_inner();
         let attachments = convert::attachments_from_wire(request.attachments)?;
         let parsed = self
             .controller
-            .apply_plan_with(
-                &request.source,
-                &request.file_name,
-                &actor("cli"),
-                &attachments,
-            )
+            .apply_plan_with(&request.source, &request.file_name, &actor, &attachments)
             .await?;
         let waves = parsed
             .plan
@@ -127,11 +118,11 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<v1::WaveRequest>,
     ) -> Result<Response<v1::WaveResponse>, Status> {
+        let actor = self
+            .access
+            .operator(&request, Role::Operator, &request.get_ref().actor)?;
         let request = request.into_inner();
-        let wave = self
-            .controller
-            .start_wave(&request.wave, &actor(&request.actor))
-            .await;
+        let wave = self.controller.start_wave(&request.wave, &actor).await;
         self.wave_response(wave)
     }
 
@@ -139,11 +130,11 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<v1::WaveRequest>,
     ) -> Result<Response<v1::WaveResponse>, Status> {
+        let actor = self
+            .access
+            .operator(&request, Role::Operator, &request.get_ref().actor)?;
         let request = request.into_inner();
-        let wave = self
-            .controller
-            .pause_wave(&request.wave, &actor(&request.actor))
-            .await;
+        let wave = self.controller.pause_wave(&request.wave, &actor).await;
         self.wave_response(wave)
     }
 
@@ -151,11 +142,11 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<v1::WaveRequest>,
     ) -> Result<Response<v1::WaveResponse>, Status> {
+        let actor = self
+            .access
+            .operator(&request, Role::Operator, &request.get_ref().actor)?;
         let request = request.into_inner();
-        let wave = self
-            .controller
-            .resume_wave(&request.wave, &actor(&request.actor))
-            .await;
+        let wave = self.controller.resume_wave(&request.wave, &actor).await;
         self.wave_response(wave)
     }
 
@@ -163,11 +154,11 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<v1::WaveRequest>,
     ) -> Result<Response<v1::WaveResponse>, Status> {
+        let actor = self
+            .access
+            .operator(&request, Role::Operator, &request.get_ref().actor)?;
         let request = request.into_inner();
-        let wave = self
-            .controller
-            .abort_wave(&request.wave, &actor(&request.actor))
-            .await;
+        let wave = self.controller.abort_wave(&request.wave, &actor).await;
         self.wave_response(wave)
     }
 
@@ -175,11 +166,11 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<v1::WaveRequest>,
     ) -> Result<Response<v1::WaveResponse>, Status> {
+        let actor = self
+            .access
+            .operator(&request, Role::Operator, &request.get_ref().actor)?;
         let request = request.into_inner();
-        let wave = self
-            .controller
-            .promote_wave(&request.wave, &actor(&request.actor))
-            .await;
+        let wave = self.controller.promote_wave(&request.wave, &actor).await;
         self.wave_response(wave)
     }
 
@@ -187,10 +178,13 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<v1::RetryFailedRequest>,
     ) -> Result<Response<v1::RetryFailedResponse>, Status> {
+        let actor = self
+            .access
+            .operator(&request, Role::Operator, &request.get_ref().actor)?;
         let request = request.into_inner();
         let retry = self
             .controller
-            .retry_failed(&request.wave, &actor(&request.actor), request.start)
+            .retry_failed(&request.wave, &actor, request.start)
             .await?;
         Ok(Response::new(v1::RetryFailedResponse {
             wave: Some(self.wave_summary(&retry.wave.spec.name)?),
@@ -205,8 +199,9 @@ impl OperatorService for OperatorApi {
 
     async fn list_storage_nodes(
         &self,
-        _request: Request<v1::ListStorageNodesRequest>,
+        request: Request<v1::ListStorageNodesRequest>,
     ) -> Result<Response<v1::ListStorageNodesResponse>, Status> {
+        self.access.operator(&request, Role::Viewer, "")?;
         Ok(Response::new(v1::ListStorageNodesResponse {
             nodes: self
                 .controller
@@ -227,6 +222,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<v1::StatusRequest>,
     ) -> Result<Response<v1::StatusResponse>, Status> {
+        self.access.operator(&request, Role::Viewer, "")?;
         let request = request.into_inner();
         let wave = (!request.wave.is_empty()).then_some(request.wave.as_str());
         let status = self.controller.status(wave)?;
@@ -250,6 +246,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<v1::ListMachinesRequest>,
     ) -> Result<Response<v1::ListMachinesResponse>, Status> {
+        self.access.operator(&request, Role::Viewer, "")?;
         let request = request.into_inner();
         let wave = (!request.wave.is_empty()).then_some(request.wave.as_str());
         let phase = if request.state.is_empty() {
@@ -265,12 +262,94 @@ impl OperatorService for OperatorApi {
         }))
     }
 
+    async fn create_enrollment_token(
+        &self,
+        request: Request<v1::CreateEnrollmentTokenRequest>,
+    ) -> Result<Response<v1::EnrollmentToken>, Status> {
+        let actor = self.access.operator(&request, Role::Admin, "")?;
+        let request = request.into_inner();
+        let uses = if request.uses == 0 { 1 } else { request.uses };
+        let ttl = std::time::Duration::from_secs(if request.ttl_secs == 0 {
+            3600
+        } else {
+            request.ttl_secs
+        });
+        let (token, expires_unix_ms) = self
+            .controller
+            .create_enrollment_token(uses, ttl, &actor)
+            .await?;
+        Ok(Response::new(v1::EnrollmentToken {
+            token,
+            expires_unix_ms,
+            uses,
+        }))
+    }
+
+    async fn approve_machine(
+        &self,
+        request: Request<v1::MachineRequest>,
+    ) -> Result<Response<v1::MachineActionResponse>, Status> {
+        let actor = self.access.operator(&request, Role::Admin, "")?;
+        let machine_id = request.into_inner().machine_id;
+        let detail = self.controller.approve_machine(&machine_id, &actor).await?;
+        Ok(Response::new(v1::MachineActionResponse {
+            machine_id,
+            detail,
+        }))
+    }
+
+    async fn revoke_machine(
+        &self,
+        request: Request<v1::MachineRequest>,
+    ) -> Result<Response<v1::MachineActionResponse>, Status> {
+        let actor = self.access.operator(&request, Role::Admin, "")?;
+        let machine_id = request.into_inner().machine_id;
+        let detail = self.controller.revoke_machine(&machine_id, &actor).await?;
+        Ok(Response::new(v1::MachineActionResponse {
+            machine_id,
+            detail,
+        }))
+    }
+
+    async fn list_pending_enrollments(
+        &self,
+        request: Request<v1::ListPendingEnrollmentsRequest>,
+    ) -> Result<Response<v1::ListPendingEnrollmentsResponse>, Status> {
+        self.access.operator(&request, Role::Viewer, "")?;
+        let pending = self.controller.pending_enrollments().await?;
+        Ok(Response::new(v1::ListPendingEnrollmentsResponse {
+            pending: pending
+                .into_iter()
+                .map(|p| v1::PendingEnrollment {
+                    machine_id: p.machine_id,
+                    inventory: Some(convert::inventory_to_wire(&p.inventory)),
+                    requested_unix_ms: p.requested_ms,
+                    peer_address: p.peer_address,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn recover_migration(
+        &self,
+        request: Request<v1::RecoverMigrationRequest>,
+    ) -> Result<Response<v1::RecoverMigrationResponse>, Status> {
+        let actor = self.access.operator(&request, Role::Admin, "")?;
+        let migration_id = request.into_inner().migration_id;
+        let recovery = self.controller.recovery_information(&migration_id)?;
+        self.controller
+            .record_recovery(&migration_id, &actor)
+            .await?;
+        Ok(Response::new(recovery))
+    }
+
     type WatchEventsStream = EventStream;
 
     async fn watch_events(
         &self,
         request: Request<v1::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        self.access.operator(&request, Role::Viewer, "")?;
         let request = request.into_inner();
         let wave = request.wave;
         // Subscribe before replaying so nothing falls between the two.

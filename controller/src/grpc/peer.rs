@@ -10,6 +10,8 @@ use tonic::{Request, Response, Status};
 pub struct PeerApi {
     /// The controller this adapter serves.
     pub controller: Controller,
+    /// Who may call.
+    pub access: super::access::Access,
 }
 
 #[tonic::async_trait]
@@ -18,6 +20,7 @@ impl ControllerPeer for PeerApi {
         &self,
         request: Request<v1::ContactsRequest>,
     ) -> Result<Response<v1::ContactsAck>, Status> {
+        self.access.controller(&request)?;
         let request = request.into_inner();
         if request.machine_ids.len() > MAX_RELAYED_CONTACTS {
             return Err(Status::invalid_argument(format!(

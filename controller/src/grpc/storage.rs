@@ -9,6 +9,8 @@ use tonic::{Request, Response, Status};
 pub struct StorageRegistryApi {
     /// The controller this adapter serves.
     pub controller: Controller,
+    /// Who may call.
+    pub access: super::access::Access,
     /// Interval asked of nodes between capacity reports.
     pub report_interval_ms: u32,
 }
@@ -33,6 +35,7 @@ impl StorageRegistry for StorageRegistryApi {
         &self,
         request: Request<v1::RegisterNodeRequest>,
     ) -> Result<Response<v1::RegisterNodeResponse>, Status> {
+        self.access.storage_node(&request)?;
         let request = request.into_inner();
         let node = StorageNode {
             id: request.node_id,
@@ -58,6 +61,7 @@ impl StorageRegistry for StorageRegistryApi {
         &self,
         request: Request<v1::CapacityReport>,
     ) -> Result<Response<v1::CapacityAck>, Status> {
+        self.access.storage_node(&request)?;
         let request = request.into_inner();
         self.controller
             .report_capacity(&request.node_id, capacity_from_wire(&request))?;

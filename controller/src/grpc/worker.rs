@@ -1,7 +1,9 @@
 //! `WorkerService`: the thin tonic adapter over the controller's logic.
 
+use super::access::Access;
 use super::convert;
 use crate::controller::Controller;
+use crate::enrollment::EnrollOutcome;
 use fleetmig_proto::v1::{self, worker_service_server::WorkerService};
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -10,6 +12,8 @@ use tonic::{Request, Response, Status, Streaming};
 pub struct WorkerApi {
     /// The controller this adapter serves.
     pub controller: Controller,
+    /// Who may call.
+    pub access: Access,
 }
 
 #[tonic::async_trait]
@@ -18,6 +22,7 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<v1::EnrollRequest>,
     ) -> Result<Response<v1::EnrollResponse>, Status> {
+        let caller = self.access.enroll_caller(&request)?;
         let request = request.into_inner();
         if request.protocol_version != fleetmig_proto::PROTOCOL_VERSION {
             return Err(Status::failed_precondition(format!(
@@ -27,14 +32,41 @@ impl WorkerService for WorkerApi {
             )));
         }
         let inventory = convert::inventory_from_wire(request.inventory)?;
-        let machine_id = self
+        let outcome = self
             .controller
-            .enroll(&request.machine_id, inventory)
+            .enroll_caller(
+                caller,
+                &request.machine_id,
+                inventory,
+                &request.bootstrap_token,
+                &request.csr_pem,
+            )
             .await?;
-        tracing::info!(%machine_id, "machine enrolled");
-        Ok(Response::new(v1::EnrollResponse {
-            machine_id,
-            checkin_interval_ms: 100,
+        let ca_pem = self.controller.trust().ca_pem();
+        Ok(Response::new(match outcome {
+            EnrollOutcome::Enrolled {
+                machine_id,
+                certificate_pem,
+            } => {
+                tracing::info!(%machine_id, certificate = certificate_pem.is_some(), "machine enrolled");
+                v1::EnrollResponse {
+                    machine_id,
+                    checkin_interval_ms: 100,
+                    certificate_pem: certificate_pem.unwrap_or_default(),
+                    ca_pem,
+                    pending_approval: false,
+                }
+            }
+            EnrollOutcome::Pending { machine_id } => {
+                tracing::info!(%machine_id, "enrollment waits for an operator's approval");
+                v1::EnrollResponse {
+                    machine_id,
+                    checkin_interval_ms: 5_000,
+                    certificate_pem: String::new(),
+                    ca_pem,
+                    pending_approval: true,
+                }
+            }
         }))
     }
 
@@ -42,6 +74,8 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<v1::CheckInRequest>,
     ) -> Result<Response<v1::CheckInResponse>, Status> {
+        self.access
+            .machine(&request, &request.get_ref().machine_id)?;
         let request = request.into_inner();
         let reply = self
             .controller
@@ -67,6 +101,8 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<v1::PhaseReport>,
     ) -> Result<Response<v1::PhaseAck>, Status> {
+        self.access
+            .machine(&request, &request.get_ref().machine_id)?;
         let request = request.into_inner();
         let report = convert::report_from_wire(&request)?;
         let phase = self
@@ -82,10 +118,12 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<Streaming<v1::ProgressUpdate>>,
     ) -> Result<Response<v1::ProgressSummary>, Status> {
+        let guard = self.access.machine_guard(&request)?;
         let mut stream = request.into_inner();
         let mut received = 0;
         while let Some(update) = stream.next().await {
             let update = update?;
+            guard.check(&update.machine_id)?;
             let progress = convert::progress_from_wire(&update)?;
             self.controller
                 .progress(&update.machine_id, &update.job_id, update.fence, progress)?;
