@@ -94,6 +94,23 @@ pub struct Config {
     #[arg(long, default_value = "10000", value_parser = parse_millis)]
     pub shutdown_grace_ms: Duration,
 
+    /// The fleet's CA certificate (PEM). With --cert and --key, turns
+    /// mutual TLS on: clients must present certificates from this CA.
+    #[arg(long, env = "FLEETMIG_TLS_CA")]
+    pub ca: Option<PathBuf>,
+
+    /// This node's certificate (PEM), naming `spiffe://fleetmig/storage/...`.
+    #[arg(long, env = "FLEETMIG_TLS_CERT", requires = "ca")]
+    pub cert: Option<PathBuf>,
+
+    /// This node's private key (PEM).
+    #[arg(long, env = "FLEETMIG_TLS_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+
+    /// Serve and connect without TLS. For local development only.
+    #[arg(long, env = "FLEETMIG_INSECURE_PLAINTEXT", conflicts_with = "ca")]
+    pub insecure_plaintext: bool,
+
     /// Test-only fault injection: Commit sleeps this long at its most
     /// dangerous points (see [`CommitStage`]), logging "commit paused (fault
     /// injection)", so a crash test can SIGKILL the node there. Never set it
@@ -157,7 +174,34 @@ impl Config {
             shutdown_grace_ms: Duration::from_secs(10),
             fault_commit_pause: None,
             fault_commit_pause_stage: None,
+            ca: None,
+            cert: None,
+            key: None,
+            insecure_plaintext: true,
         }
+    }
+
+    /// The transport `--ca/--cert/--key` or `--insecure-plaintext` ask for;
+    /// neither is an error (TLS is required unless plaintext is explicit).
+    pub fn transport(&self) -> crate::Result<fleetmig_auth::Transport> {
+        if self.insecure_plaintext {
+            return Ok(fleetmig_auth::Transport::Plaintext);
+        }
+        let (Some(ca), Some(cert), Some(key)) = (&self.ca, &self.cert, &self.key) else {
+            return Err(crate::Error::Tls(
+                "TLS is required: give --ca, --cert and --key (`fleetmig certs init` creates \
+                 them), or --insecure-plaintext for local development"
+                    .into(),
+            ));
+        };
+        let material = fleetmig_auth::tls::TlsFiles {
+            ca: ca.clone(),
+            cert: Some(cert.clone()),
+            key: Some(key.clone()),
+        }
+        .load()
+        .map_err(|err| crate::Error::Tls(err.to_string()))?;
+        Ok(fleetmig_auth::Transport::Tls(std::sync::Arc::new(material)))
     }
 
     /// How long a restored migration is kept, in milliseconds.

@@ -5,6 +5,10 @@ use std::path::PathBuf;
 /// Everything that can go wrong inside a storage node, in the caller's terms.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// TLS is misconfigured (files missing, unreadable or mismatched), or
+    /// neither TLS nor plaintext was chosen.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The data directory could not be created or used.
     #[error("data directory {path}: {source}")]
     DataDir {
@@ -358,7 +362,8 @@ impl From<Error> for tonic::Status {
             | Error::CorruptRecord { .. }
             | Error::Io { .. }
             | Error::Bind { .. }
-            | Error::Task { .. } => Status::internal(message),
+            | Error::Task { .. }
+            | Error::Tls(_) => Status::internal(message),
             Error::CorruptNodeId { .. }
             | Error::RegistrationRefused { .. }
             | Error::RestoreOnly { .. }
@@ -371,14 +376,7 @@ impl From<Error> for tonic::Status {
             | Error::InvalidMigrationId { .. }
             | Error::BadChunkIds { .. }
             | Error::BadChunk { .. } => Status::invalid_argument(message),
-            Error::Token(token) => match token {
-                fleetmig_auth::Error::WrongGrant(_) => Status::permission_denied(message),
-                fleetmig_auth::Error::KeyFile { .. } => Status::internal(message),
-                fleetmig_auth::Error::Missing
-                | fleetmig_auth::Error::Malformed(_)
-                | fleetmig_auth::Error::BadSignature
-                | fleetmig_auth::Error::Expired { .. } => Status::unauthenticated(message),
-            },
+            Error::Token(token) => Status::new(token.code(), message),
             Error::OtherMachine { .. } | Error::NotReferenced { .. } => {
                 Status::permission_denied(message)
             }

@@ -94,7 +94,7 @@ pub async fn serve_node(
         source,
     })?;
     let node_id = node.node_id().to_owned();
-    let endpoint = advertised_url(&config, local_addr)?;
+    let endpoint = advertised_url(&config, local_addr, node.inner.settings.transport.scheme())?;
     tracing::info!(
         node_id = %node_id,
         address = %local_addr,
@@ -107,7 +107,22 @@ pub async fn serve_node(
     // Cancelled by the caller's shutdown or by the failure of a critical task.
     let node_shutdown = shutdown.child_token();
 
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    // Every client (workers, controllers, other nodes) presents a
+    // certificate from the fleet's CA; capability tokens then say what each
+    // may do to which migration.
+    if let Some(tls) = node
+        .inner
+        .settings
+        .transport
+        .server_config(fleetmig_auth::tls::ClientAuth::Required)
+        .map_err(|err| Error::Tls(err.to_string()))?
+    {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|err| Error::Tls(err.to_string()))?;
+    }
+    let server = builder
         .max_concurrent_streams(fleetmig_proto::MAX_CONCURRENT_STREAMS)
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
@@ -222,7 +237,7 @@ fn server_outcome(
 }
 
 /// The URL the node tells the controller to reach it at.
-fn advertised_url(config: &Config, local_addr: SocketAddr) -> Result<String> {
+fn advertised_url(config: &Config, local_addr: SocketAddr, scheme: &str) -> Result<String> {
     if let Some(url) = &config.advertise_url {
         tonic::transport::Endpoint::from_shared(url.clone()).map_err(|err| Error::InvalidUrl {
             url: url.clone(),
@@ -234,7 +249,7 @@ fn advertised_url(config: &Config, local_addr: SocketAddr) -> Result<String> {
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    Ok(format!("http://{addr}"))
+    Ok(format!("{scheme}://{addr}"))
 }
 
 #[cfg(test)]
@@ -246,15 +261,15 @@ mod tests {
         let mut config = Config::new("/tmp/x".into(), "http://127.0.0.1:7400".into());
         let bound: SocketAddr = "0.0.0.0:7601".parse().expect("addr");
         assert_eq!(
-            advertised_url(&config, bound).expect("url"),
+            advertised_url(&config, bound, "http").expect("url"),
             "http://127.0.0.1:7601"
         );
         config.advertise_url = Some("http://storage.hq:7600".into());
         assert_eq!(
-            advertised_url(&config, bound).expect("url"),
+            advertised_url(&config, bound, "http").expect("url"),
             "http://storage.hq:7600"
         );
         config.advertise_url = Some("bad url".into());
-        assert!(advertised_url(&config, bound).is_err());
+        assert!(advertised_url(&config, bound, "http").is_err());
     }
 }

@@ -40,12 +40,15 @@ pub struct NodeSettings {
     /// Test-only fault injection: Commit's pause after its record rename,
     /// before the answer (`None` in normal operation).
     pub commit_pause_after_rename: Option<Duration>,
+    /// How the node reaches controllers and other nodes.
+    pub transport: fleetmig_auth::Transport,
 }
 
 impl NodeSettings {
     /// The settings `config` asks for.
-    pub fn from_config(config: &Config) -> Self {
+    pub fn from_config(config: &Config, transport: fleetmig_auth::Transport) -> Self {
         Self {
+            transport,
             floor: FreeSpaceFloor {
                 min_free_bytes: config.min_free_bytes,
                 min_free_percent: config.min_free_percent,
@@ -142,6 +145,7 @@ impl Node {
     }
 
     fn open_blocking(config: &Config) -> Result<Self> {
+        let transport = config.transport()?;
         let node_id = crate::data_dir::prepare(&config.data_dir)?.to_string();
         let layout = Layout::new(&config.data_dir);
         let leftovers = crate::data_dir::prepare_store(&layout)?;
@@ -199,7 +203,7 @@ impl Node {
                 node_id,
                 probe: CapacityProbe::new(config.data_dir.clone()),
                 layout,
-                settings: NodeSettings::from_config(config),
+                settings: NodeSettings::from_config(config, transport.clone()),
                 tokens,
                 table: Mutex::new(table),
                 migration_locks: Mutex::new(HashMap::new()),
@@ -208,7 +212,7 @@ impl Node {
                 restores_in_progress: AtomicU32::new(0),
                 references: Mutex::new(HashMap::new()),
                 sweep_soon: Notify::new(),
-                peers: Peers::default(),
+                peers: Peers::new(transport),
             }),
         })
     }

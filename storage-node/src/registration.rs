@@ -20,7 +20,7 @@ use fleetmig_proto::v1::RegisterNodeRequest;
 use fleetmig_proto::v1::storage_registry_client::StorageRegistryClient;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::error::{Error, Result};
@@ -52,8 +52,12 @@ pub struct NodeIdentity {
 ///
 /// The channel connects lazily and reconnects on its own, so an unreachable
 /// controller shows up as `Unavailable` on each call rather than here.
-pub fn registry_client(url: &str) -> Result<StorageRegistryClient<Channel>> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
+pub fn registry_client(
+    transport: &fleetmig_auth::Transport,
+    url: &str,
+) -> Result<StorageRegistryClient<Channel>> {
+    let endpoint = transport
+        .endpoint(url)
         .map_err(|err| Error::InvalidUrl {
             url: url.to_owned(),
             reason: err.to_string(),
@@ -79,7 +83,7 @@ pub async fn run_all(
 ) -> Result<()> {
     let mut urls: Vec<String> = Vec::with_capacity(controller_urls.len());
     for url in controller_urls {
-        registry_client(&url)?;
+        registry_client(&node.inner.settings.transport, &url)?;
         if !urls.contains(&url) {
             urls.push(url);
         }
@@ -118,7 +122,7 @@ pub async fn run(
     node: Node,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let mut client = registry_client(&controller_url)?;
+    let mut client = registry_client(&node.inner.settings.transport, &controller_url)?;
     let registrar = Registrar {
         identity,
         controller_url,
@@ -419,7 +423,8 @@ mod tests {
 
     #[test]
     fn refuses_a_malformed_controller_url() {
-        let err = registry_client("not a url").expect_err("bad url");
+        let err = registry_client(&fleetmig_auth::Transport::Plaintext, "not a url")
+            .expect_err("bad url");
         assert!(err.to_string().contains("not a url"), "{err}");
     }
 }

@@ -37,7 +37,7 @@ use fleetmig_proto::v1::{
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::chunks;
 use crate::error::{Error, Result};
@@ -76,12 +76,21 @@ pub struct ReplicateSummary {
 }
 
 /// Clients of the nodes this node replicates to, by endpoint.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Peers {
+    transport: fleetmig_auth::Transport,
     clients: Mutex<HashMap<String, StorageNodeClient<Channel>>>,
 }
 
 impl Peers {
+    /// No clients yet; they will use `transport`.
+    pub(crate) fn new(transport: fleetmig_auth::Transport) -> Self {
+        Self {
+            transport,
+            clients: Mutex::default(),
+        }
+    }
+
     /// A client of the node at `endpoint` (cached; connects lazily).
     fn client(&self, endpoint: &str) -> Result<StorageNodeClient<Channel>> {
         let mut clients = self
@@ -91,7 +100,7 @@ impl Peers {
         if let Some(client) = clients.get(endpoint) {
             return Ok(client.clone());
         }
-        let client = peer_client(endpoint)?;
+        let client = peer_client(&self.transport, endpoint)?;
         if clients.len() >= MAX_PEERS {
             clients.clear();
         }
@@ -103,8 +112,12 @@ impl Peers {
 /// A lazily connecting `StorageNode` client for another node, with the
 /// fleet's message limits and HTTP/2 windows sized for bulk chunks (like a
 /// worker's upload path).
-pub fn peer_client(endpoint: &str) -> Result<StorageNodeClient<Channel>> {
-    let channel = Endpoint::from_shared(endpoint.to_owned())
+pub fn peer_client(
+    transport: &fleetmig_auth::Transport,
+    endpoint: &str,
+) -> Result<StorageNodeClient<Channel>> {
+    let channel = transport
+        .endpoint(endpoint)
         .map_err(|err| Error::InvalidUrl {
             url: endpoint.to_owned(),
             reason: err.to_string(),
@@ -473,9 +486,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_bad_target_endpoint_is_refused() {
-        let err = peer_client("not a url").expect_err("bad url");
+        let err =
+            peer_client(&fleetmig_auth::Transport::Plaintext, "not a url").expect_err("bad url");
         assert!(matches!(err, Error::InvalidUrl { .. }), "{err}");
-        let peers = Peers::default();
+        let peers = Peers::new(fleetmig_auth::Transport::Plaintext);
         let a = peers.client("http://127.0.0.1:9").expect("client");
         drop(a);
         assert_eq!(peers.clients.lock().unwrap().len(), 1);

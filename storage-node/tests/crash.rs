@@ -152,6 +152,7 @@ async fn spawn_with(root: &Path, extra: &[&str]) -> Process {
     ));
     let stderr = std::fs::File::create(&log).expect("create the log file");
     let child = Command::new(env!("CARGO_BIN_EXE_fleetmig-storage-node"))
+        .env("FLEETMIG_INSECURE_PLAINTEXT", "true")
         .args([
             "--listen",
             "127.0.0.1:0",

@@ -54,6 +54,7 @@ impl NodeProcess {
         let log = root.join(format!("node.{run}.log"));
         let stderr = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_fleetmig-storage-node"))
+            .env("FLEETMIG_INSECURE_PLAINTEXT", "true")
             .args(["--listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(root.join("storage"))
