@@ -4,6 +4,7 @@
 
 use crate::client::{self, Backoff, Client, request};
 use crate::config::AgentConfig;
+use crate::enrollment::AgentTls;
 use crate::error::{Error, Result};
 use crate::hook::ReimageHook;
 use crate::identity::{AgentState, Identity};
@@ -174,6 +175,7 @@ struct Agent {
     state: AgentState,
     identity: Identity,
     client: Client,
+    tls: AgentTls,
     session: String,
     /// Highest fence accepted per job: an older one is a stale controller.
     fences: HashMap<String, u64>,
@@ -192,23 +194,48 @@ impl Agent {
                 reason: format!("inventory task failed: {err}"),
             })??;
         let hostname = inventory.hostname.clone();
-        let enrollment = v1::EnrollRequest {
+        let csr_pem = self.tls.csr_pem()?;
+        let mut enrollment = v1::EnrollRequest {
             protocol_version: fleetmig_proto::PROTOCOL_VERSION,
             machine_id: self.identity.machine_id.clone(),
             inventory: Some(inventory),
-            bootstrap_token: String::new(),
+            bootstrap_token: self.tls.bootstrap_token()?,
+            csr_pem,
         };
-        let response = self
-            .client
-            .retry("enroll", &self.shutdown, |mut client| {
-                let enrollment = enrollment.clone();
-                async move { client.enroll(request(enrollment)).await }
-            })
-            .await?
-            .into_inner();
-        if response.machine_id != self.identity.machine_id {
-            self.identity.machine_id = response.machine_id;
-            self.state.save_identity(&self.identity)?;
+        let response = loop {
+            let response = self
+                .client
+                .retry("enroll", &self.shutdown, |mut client| {
+                    let enrollment = enrollment.clone();
+                    async move { client.enroll(request(enrollment)).await }
+                })
+                .await?
+                .into_inner();
+            if response.machine_id != self.identity.machine_id {
+                self.identity.machine_id = response.machine_id.clone();
+                self.state.save_identity(&self.identity)?;
+            }
+            if !response.pending_approval {
+                break response;
+            }
+            tracing::info!(machine_id = %self.identity.machine_id, "enrollment waits for an operator: fleetmig machines approve {}", self.identity.machine_id);
+            enrollment.machine_id = self.identity.machine_id.clone();
+            tokio::select! {
+                () = self.shutdown.cancelled() => return Err(Error::Shutdown),
+                () = tokio::time::sleep(Duration::from_millis(u64::from(response.checkin_interval_ms.clamp(200, 30_000)))) => {}
+            }
+        };
+        if !response.certificate_pem.is_empty() {
+            let transport = self.tls.install_certificate(&response.certificate_pem)?;
+            self.client = Client::new(
+                &self.config.controller,
+                client::ClientOptions {
+                    transport: transport.clone(),
+                    ..client::ClientOptions::default()
+                },
+            )?;
+            crate::transport::set_node_transport(transport);
+            tracing::info!(machine_id = %self.identity.machine_id, "machine certificate installed");
         }
         tracing::info!(machine_id = %self.identity.machine_id, %hostname, "enrolled");
         Ok(())
@@ -419,7 +446,15 @@ impl Agent {
         let state = AgentState::open(&config.machine_root)?;
         let identity = state.identity()?;
         let fences = state.highest_fences()?;
-        let client = Client::new(&config.controller, client::ClientOptions::default())?;
+        let tls = AgentTls::open(&config, &state)?;
+        let client = Client::new(
+            &config.controller,
+            client::ClientOptions {
+                transport: tls.transport.clone(),
+                ..client::ClientOptions::default()
+            },
+        )?;
+        crate::transport::set_node_transport(tls.transport.clone());
         let hook = match &config.reimage_command {
             Some(command) => ReimageHook::Command(command.clone()),
             None => ReimageHook::Simulated,
@@ -429,6 +464,7 @@ impl Agent {
             state,
             identity,
             client,
+            tls,
             session: uuid::Uuid::new_v4().to_string(),
             fences,
             hook,
@@ -460,6 +496,9 @@ mod tests {
             reimage_command: None,
             fault_capture_delay_ms: None,
             fault_unreadable_name: None,
+            ca: None,
+            bootstrap_token_file: None,
+            insecure_plaintext: true,
         };
         Agent::new(config, CancellationToken::new()).unwrap()
     }

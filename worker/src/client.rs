@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Deadline of one unary call: a controller silent this long is taken for gone.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,8 +28,11 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub type Raw = WorkerServiceClient<Channel>;
 
 /// Timeouts of the connections to the controllers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ClientOptions {
+    /// TLS (the fleet's CA and, once enrolled, the machine's certificate)
+    /// or plaintext.
+    pub transport: fleetmig_auth::Transport,
     /// Establishing a TCP connection.
     pub connect_timeout: Duration,
     /// Deadline of a unary call (enforced by the worker, and sent to the controller).
@@ -43,6 +46,7 @@ pub struct ClientOptions {
 impl Default for ClientOptions {
     fn default() -> Self {
         Self {
+            transport: fleetmig_auth::Transport::Plaintext,
             connect_timeout: Duration::from_secs(3),
             call_timeout: CALL_TIMEOUT,
             keep_alive_interval: Duration::from_secs(5),
@@ -151,7 +155,9 @@ pub fn connect_lazy(urls: &str) -> Result<Client> {
 }
 
 fn channel(url: &str, options: &ClientOptions) -> Result<Raw> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
+    let endpoint = options
+        .transport
+        .endpoint(url)
         .map_err(|err| Error::BadUrl {
             url: url.to_owned(),
             reason: err.to_string(),

@@ -67,6 +67,20 @@ pub struct AgentConfig {
     /// Shell command that reimages the machine (default: the built-in simulation).
     #[arg(long)]
     pub reimage_command: Option<String>,
+    /// The fleet's CA certificate (PEM): turns TLS on. The worker verifies
+    /// the controllers and storage nodes against it, enrolls for a client
+    /// certificate bound to its machine id, and keeps that certificate in
+    /// `<machine root>/_fleetmig/tls/`.
+    #[arg(long, env = "FLEETMIG_TLS_CA")]
+    pub ca: Option<PathBuf>,
+    /// File holding a bootstrap token (`fleetmig machines token`) for the
+    /// first enrollment; without one the enrollment waits for
+    /// `fleetmig machines approve`. A file, never argv: the token is a secret.
+    #[arg(long, env = "FLEETMIG_BOOTSTRAP_TOKEN_FILE", requires = "ca")]
+    pub bootstrap_token_file: Option<PathBuf>,
+    /// Connect without TLS. For local development only.
+    #[arg(long, env = "FLEETMIG_INSECURE_PLAINTEXT", conflicts_with = "ca")]
+    pub insecure_plaintext: bool,
     /// FAULT INJECTION FOR TESTS: sleep this many ms after each captured file.
     #[arg(long, hide = true)]
     pub fault_capture_delay_ms: Option<u64>,

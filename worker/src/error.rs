@@ -16,6 +16,14 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// TLS is misconfigured, or a certificate or token file is bad.
+    #[error("TLS: {path}: {reason}")]
+    Tls {
+        /// The file (or machine root) involved.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// The agent's own state file is unreadable.
     #[error("agent state {path} is unreadable: {reason}")]
     AgentState {

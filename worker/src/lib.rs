@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod client;
 pub mod config;
+pub mod enrollment;
 pub mod error;
 pub mod hook;
 pub mod identity;
@@ -20,5 +21,6 @@ pub mod refresh;
 pub mod replace;
 pub mod rules;
 pub mod telemetry;
+pub mod transport;
 
 pub use error::{Error, Result};

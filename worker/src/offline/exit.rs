@@ -101,6 +101,7 @@ pub fn code_of(error: &Error) -> Code {
         | Error::ReplicationFailed { .. }
         | Error::NoRestoreSource(_) => Code::Failure,
         Error::AgentState { .. }
+        | Error::Tls { .. }
         | Error::Controller(_)
         | Error::BadUrl { .. }
         | Error::BadAssignment { .. }

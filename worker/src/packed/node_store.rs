@@ -22,7 +22,7 @@ use fleetmig_proto::MAX_CONTROL_MESSAGE_BYTES;
 use fleetmig_proto::v1::{self, storage_node_client::StorageNodeClient};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::store::{ChunkStore, ChunkUpload, Commit, SealedChunk, UploadStats};
 use crate::client::Backoff;
@@ -86,7 +86,8 @@ pub struct NodeStore {
 /// fleet's message limits and HTTP/2 windows sized for bulk chunks.
 pub fn connect_lazy(endpoint: &str, handle: &Handle) -> Result<StorageNodeClient<Channel>> {
     let _runtime = handle.enter();
-    let channel = Endpoint::from_shared(endpoint.to_owned())
+    let channel = crate::transport::node_transport()
+        .endpoint(endpoint)
         .map_err(|error| Error::BadUrl {
             url: endpoint.to_owned(),
             reason: error.to_string(),
