@@ -23,6 +23,16 @@ pub struct Cli {
     )]
     pub controller: String,
 
+    /// The fleet's CA certificate (PEM): connect over TLS (https:// URLs).
+    #[arg(long, global = true, env = "FLEETMIG_TLS_CA")]
+    pub ca: Option<PathBuf>,
+    /// The operator's certificate (PEM), naming their role.
+    #[arg(long, global = true, env = "FLEETMIG_TLS_CERT", requires = "ca")]
+    pub cert: Option<PathBuf>,
+    /// The operator's private key (PEM).
+    #[arg(long, global = true, env = "FLEETMIG_TLS_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+
     /// More log output on stderr (-v: info, -vv: debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -61,6 +71,12 @@ pub enum Command {
     /// Storage nodes (state migration points).
     #[command(subcommand)]
     Storage(StorageCommand),
+    /// Certificates for a test or small deployment.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Key escrow: recover a migration by hand.
+    #[command(subcommand)]
+    Migration(MigrationCommand),
     /// The audit log (who did what, when); with --follow, job transitions
     /// and operator actions as they happen (until Ctrl-C).
     Events(EventsArgs),
@@ -176,6 +192,89 @@ pub struct StatusArgs {
 pub enum MachinesCommand {
     /// List enrolled machines with their latest job.
     List(MachinesListArgs),
+    /// Create a bootstrap token workers enroll with (admin). Printed once.
+    Token(TokenArgs),
+    /// Machines waiting for an approval to enroll.
+    Pending(PendingArgs),
+    /// Approve a waiting machine: it gets its certificate (admin).
+    Approve(MachineIdArgs),
+    /// Revoke a machine's certificates: refused at once (admin).
+    Revoke(MachineIdArgs),
+}
+
+/// `fleetmig machines token`
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// Enrollments the token allows (1: one-time).
+    #[arg(long, default_value_t = 1)]
+    pub uses: u32,
+    /// Lifetime, e.g. `1h`, `30m`.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: std::time::Duration,
+    /// Output format.
+    #[command(flatten)]
+    pub output: JsonFlag,
+}
+
+/// `fleetmig machines pending`
+#[derive(Debug, Args)]
+pub struct PendingArgs {
+    /// Output format.
+    #[command(flatten)]
+    pub output: JsonFlag,
+}
+
+/// A machine id argument.
+#[derive(Debug, Args)]
+pub struct MachineIdArgs {
+    /// The machine's id (`fleetmig machines list`).
+    #[arg(value_name = "ID")]
+    pub machine_id: String,
+    /// Output format.
+    #[command(flatten)]
+    pub output: JsonFlag,
+}
+
+/// `fleetmig certs ...`
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Create a CA and certificates for the controller, storage nodes and
+    /// three operators (admin, operator, viewer) in DIR.
+    Init(CertsInitArgs),
+}
+
+/// `fleetmig certs init`
+#[derive(Debug, Args)]
+pub struct CertsInitArgs {
+    /// Where to write them (refuses to overwrite a CA).
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Extra DNS names or IPs of the servers (localhost and loopback are
+    /// always in; repeatable).
+    #[arg(long = "name", value_name = "NAME")]
+    pub names: Vec<String>,
+    /// Output format.
+    #[command(flatten)]
+    pub output: JsonFlag,
+}
+
+/// `fleetmig migration ...`
+#[derive(Debug, Subcommand)]
+pub enum MigrationCommand {
+    /// Print what restoring migration ID by hand needs: its keys, the nodes
+    /// holding it and restore tokens (admin; audited).
+    Recover(RecoverArgs),
+}
+
+/// `fleetmig migration recover`
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// The migration (job) id.
+    #[arg(value_name = "ID")]
+    pub migration_id: String,
+    /// Output format (the output is JSON either way: it is for tools).
+    #[command(flatten)]
+    pub output: JsonFlag,
 }
 
 /// `fleetmig machines list`

@@ -37,6 +37,37 @@ fn controller_urls(list: &str) -> anyhow::Result<Vec<String>> {
     Ok(urls)
 }
 
+static TRANSPORT: std::sync::OnceLock<fleetmig_auth::Transport> = std::sync::OnceLock::new();
+
+/// Sets the transport of every connection: TLS with `--ca` (and the
+/// operator's `--cert`/`--key`), else plaintext (`http://` URLs only).
+pub fn set_tls(
+    ca: Option<&std::path::Path>,
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let transport = match ca {
+        None => fleetmig_auth::Transport::Plaintext,
+        Some(ca) => {
+            let files = fleetmig_auth::tls::TlsFiles {
+                ca: ca.to_path_buf(),
+                cert: cert.map(std::path::Path::to_path_buf),
+                key: key.map(std::path::Path::to_path_buf),
+            };
+            fleetmig_auth::Transport::Tls(std::sync::Arc::new(files.load()?))
+        }
+    };
+    let _ = TRANSPORT.set(transport);
+    Ok(())
+}
+
+fn transport() -> fleetmig_auth::Transport {
+    TRANSPORT
+        .get()
+        .cloned()
+        .unwrap_or(fleetmig_auth::Transport::Plaintext)
+}
+
 /// Connects to the first controller of `urls` (one URL or a comma-separated
 /// list, tried in order) that answers, with fleetmig's message-size limits.
 /// The error names every address tried.
@@ -45,7 +76,8 @@ pub async fn connect(urls: &str) -> anyhow::Result<OperatorClient> {
     let endpoints = urls
         .iter()
         .map(|url| {
-            Endpoint::from_shared(url.clone())
+            transport()
+                .endpoint(url)
                 .with_context(|| format!("invalid controller url {url:?}"))
                 .map(|endpoint| {
                     endpoint
@@ -234,6 +266,36 @@ mod tests {
             &self,
             _: Request<v1::WatchEventsRequest>,
         ) -> Result<Response<Self::WatchEventsStream>, Status> {
+            nope()
+        }
+        async fn create_enrollment_token(
+            &self,
+            _: Request<v1::CreateEnrollmentTokenRequest>,
+        ) -> Result<Response<v1::EnrollmentToken>, Status> {
+            nope()
+        }
+        async fn approve_machine(
+            &self,
+            _: Request<v1::MachineRequest>,
+        ) -> Result<Response<v1::MachineActionResponse>, Status> {
+            nope()
+        }
+        async fn revoke_machine(
+            &self,
+            _: Request<v1::MachineRequest>,
+        ) -> Result<Response<v1::MachineActionResponse>, Status> {
+            nope()
+        }
+        async fn list_pending_enrollments(
+            &self,
+            _: Request<v1::ListPendingEnrollmentsRequest>,
+        ) -> Result<Response<v1::ListPendingEnrollmentsResponse>, Status> {
+            nope()
+        }
+        async fn recover_migration(
+            &self,
+            _: Request<v1::RecoverMigrationRequest>,
+        ) -> Result<Response<v1::RecoverMigrationResponse>, Status> {
             nope()
         }
     }
