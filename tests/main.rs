@@ -8,4 +8,5 @@ mod ha;
 mod recovery;
 mod refresh;
 mod replace;
+mod security;
 mod waves;
