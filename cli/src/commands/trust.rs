@@ -4,8 +4,8 @@
 use std::process::ExitCode;
 
 use fleetmig_proto::v1::{
-    CreateEnrollmentTokenRequest, ListPendingEnrollmentsRequest, MachineRequest,
-    RecoverMigrationRequest,
+    CreateEnrollmentTokenRequest, ListPendingEnrollmentsRequest, MachineActionResponse,
+    MachineRequest, RecoverMigrationRequest,
 };
 
 use crate::cli::{CertsInitArgs, MachineIdArgs, PendingArgs, RecoverArgs, TokenArgs};
@@ -108,33 +108,34 @@ pub async fn pending(controller: &str, args: PendingArgs) -> anyhow::Result<Exit
 /// Approves a waiting machine.
 pub async fn approve(controller: &str, args: MachineIdArgs) -> anyhow::Result<ExitCode> {
     let mut client = client::connect(controller).await?;
+    let request = MachineRequest {
+        machine_id: args.machine_id.clone(),
+    };
     let done = client
-        .approve_machine(MachineRequest {
-            machine_id: args.machine_id.clone(),
-        })
+        .approve_machine(request)
         .await
         .map_err(|status| rpc_error(controller, "approve the machine", &status))?
         .into_inner();
-    if args.output.json {
-        let document = serde_json::json!({ "machine_id": done.machine_id, "detail": done.detail });
-        output::emit(&serde_json::to_string_pretty(&document)?)?;
-    } else {
-        output::emit(&format!("{}\n", done.detail))?;
-    }
-    Ok(ExitCode::SUCCESS)
+    print_action(&done, args.output.json)
 }
 
 /// Revokes a machine's certificates.
 pub async fn revoke(controller: &str, args: MachineIdArgs) -> anyhow::Result<ExitCode> {
     let mut client = client::connect(controller).await?;
+    let request = MachineRequest {
+        machine_id: args.machine_id.clone(),
+    };
     let done = client
-        .revoke_machine(MachineRequest {
-            machine_id: args.machine_id.clone(),
-        })
+        .revoke_machine(request)
         .await
         .map_err(|status| rpc_error(controller, "revoke the machine", &status))?
         .into_inner();
-    if args.output.json {
+    print_action(&done, args.output.json)
+}
+
+/// Prints what an approval or revocation did.
+fn print_action(done: &MachineActionResponse, json: bool) -> anyhow::Result<ExitCode> {
+    if json {
         let document = serde_json::json!({ "machine_id": done.machine_id, "detail": done.detail });
         output::emit(&serde_json::to_string_pretty(&document)?)?;
     } else {
