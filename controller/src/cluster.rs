@@ -566,7 +566,8 @@ impl Controller {
     async fn reload(&self) -> Result<()> {
         let store = self.inner.store.as_ref();
         let revision = store.revision().await?;
-        let mut fresh = crate::load::load_registry(store).await?;
+        let mut fresh =
+            crate::load::load_registry(store, self.inner.settings.secrets.master()).await?;
         let nodes = crate::load::load_nodes(store).await?;
         let epoch = crate::load::current_epoch(store).await?;
         {
@@ -673,8 +674,8 @@ impl Controller {
             let capacity = table.nodes.get(&node.id).and_then(|(_, c)| c.clone());
             table.nodes.insert(node.id.clone(), (node, capacity));
         } else if let Some(job_id) = key.strip_prefix(keys::MIGRATION_KEYS) {
-            let hex_key: String = keys::decode(key, value)?;
-            let migration_key = keys::decode_migration_key(key, &hex_key)?;
+            let stored: String = keys::decode(key, value)?;
+            let migration_key = self.inner.settings.secrets.master().open(key, &stored)?;
             self.registry()
                 .migration_keys
                 .insert(job_id.to_string(), migration_key);

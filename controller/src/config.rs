@@ -77,6 +77,13 @@ pub struct Config {
     /// from your own PKI.
     #[arg(long, env = "FLEETMIG_TLS_CA_KEY", requires = "ca")]
     pub ca_key: Option<PathBuf>,
+    /// File holding the master key (64 hex characters) that the fleet key,
+    /// the token-signing key and every migration key are sealed under in
+    /// the store. Default: `<data-dir>/master.key`, created on first start;
+    /// controllers sharing an etcd must share it. Never on the command line
+    /// itself.
+    #[arg(long, env = "FLEETMIG_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
     /// Serve and connect without TLS and without authentication. For local
     /// development only: anyone who reaches the port can do anything.
     #[arg(long, env = "FLEETMIG_INSECURE_PLAINTEXT", conflicts_with = "ca")]

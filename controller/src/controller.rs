@@ -138,7 +138,8 @@ impl Controller {
         // applies only what is newer than what it loaded.
         let revision = store.revision().await?;
         membership.applied_to(revision);
-        let registry = crate::load::load_registry(store.as_ref()).await?;
+        let registry =
+            crate::load::load_registry(store.as_ref(), settings.secrets.master()).await?;
         let nodes = crate::load::load_nodes(store.as_ref()).await?;
         let (events, _) = broadcast::channel(8192);
         tracing::info!(

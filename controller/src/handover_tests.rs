@@ -27,7 +27,7 @@ fn inventory(hostname: &str) -> Inventory {
 async fn only_the_associated_destination_takes_over_a_sealed_capture() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
-    let controller = Controller::open(store, ControllerSettings::default())
+    let controller = Controller::open(store.clone(), ControllerSettings::default())
         .await
         .unwrap();
     let source = controller.enroll("", inventory("XP-1")).await.unwrap();
@@ -92,6 +92,20 @@ pairs = [{ source = "XP-1", destination = "W7-1" }]
     );
     assert_eq!(transfer.fleet_key.len(), 32);
     assert_eq!(transfer.migration_key.len(), 32);
+    // Escrowed: at rest the migration key is sealed under the master key.
+    let at_rest = crate::store::Store::get(
+        store.as_ref(),
+        &crate::keys::key(crate::keys::MIGRATION_KEYS, &job_id),
+    )
+    .await
+    .unwrap()
+    .expect("the migration key is stored");
+    let text = String::from_utf8(at_rest.value).unwrap();
+    assert!(text.contains("sealed:v1:"), "{text}");
+    assert!(
+        !text.contains(&hex::encode(&transfer.migration_key)),
+        "{text}"
+    );
 
     // Before the capture is sealed, the destination has nothing to do.
     assert!(
@@ -122,6 +136,32 @@ pairs = [{ source = "XP-1", destination = "W7-1" }]
         .report(&source, &job_id, source_fence, Report::Captured(summary))
         .await
         .unwrap();
+
+    // Key escrow: an admin can recover the committed capture by hand.
+    let recovery = controller.recovery_information(&job_id).unwrap();
+    assert_eq!(
+        recovery.migration_key_hex,
+        hex::encode(&transfer.migration_key)
+    );
+    assert_eq!(recovery.fleet_key_hex, hex::encode(&transfer.fleet_key));
+    assert_eq!(recovery.manifest_digest, "digest");
+    assert_eq!(
+        recovery.node_endpoints.len(),
+        recovery.restore_tokens.len(),
+        "{recovery:?}"
+    );
+    assert!(!recovery.node_endpoints.is_empty(), "{recovery:?}");
+    let restore = verifier
+        .verify(
+            recovery.restore_tokens.first(),
+            need(CapabilityRole::Restore),
+        )
+        .unwrap();
+    assert_eq!(restore.migration_id, job_id);
+    assert!(
+        controller.recovery_information("no-such-job").is_err(),
+        "unknown migrations are refused"
+    );
 
     // The source is done with it; a machine outside the association gets nothing.
     assert!(

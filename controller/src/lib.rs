@@ -11,6 +11,7 @@ pub mod config;
 pub mod controller;
 pub mod enrollment;
 pub mod error;
+pub mod escrow;
 pub mod grpc;
 #[cfg(test)]
 mod handover_tests;

@@ -8,7 +8,10 @@ use crate::registry::{Registry, Versioned};
 use crate::store::{Store, Txn, TxnOutcome};
 
 /// Reads machines, plans, waves and jobs into a fresh registry.
-pub async fn load_registry(store: &dyn Store) -> Result<Registry> {
+pub async fn load_registry(
+    store: &dyn Store,
+    master: &crate::escrow::MasterKey,
+) -> Result<Registry> {
     let mut registry = Registry::default();
     for kv in store.range(keys::MACHINES).await? {
         let machine: Machine = keys::decode(&kv.key, &kv.value)?;
@@ -54,8 +57,8 @@ pub async fn load_registry(store: &dyn Store) -> Result<Registry> {
         registry.put_job(job, revision);
     }
     for kv in store.range(keys::MIGRATION_KEYS).await? {
-        let hex_key: String = keys::decode(&kv.key, &kv.value)?;
-        let key = crate::keys::decode_migration_key(&kv.key, &hex_key)?;
+        let stored: String = keys::decode(&kv.key, &kv.value)?;
+        let key = master.open(&kv.key, &stored)?;
         let job_id = kv.key[keys::MIGRATION_KEYS.len()..].to_string();
         registry.migration_keys.insert(job_id, key);
     }

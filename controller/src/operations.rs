@@ -514,9 +514,8 @@ impl Controller {
                 if job.scenario == Scenario::Replace {
                     let secret = fleetmig_format::keys::generate_key_bytes();
                     let key = keys::key(keys::MIGRATION_KEYS, &job.id);
-                    txn = txn
-                        .when_absent(key.clone())
-                        .put(key, keys::encode(&hex::encode(secret)));
+                    let sealed = self.settings().secrets.master().seal(&key, &secret);
+                    txn = txn.when_absent(key.clone()).put(key, keys::encode(&sealed));
                     migration_keys.push((job.id.clone(), secret));
                 }
             }

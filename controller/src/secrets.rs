@@ -7,24 +7,27 @@
 //! store under `migkeys/` and handed to a worker only with its own job.
 
 use crate::error::{Error, Result};
+use crate::escrow::MasterKey;
 use crate::keys;
 use crate::store::{Store, Txn, TxnOutcome};
 use fleetmig_auth::TokenSigner;
 use std::path::Path;
+use std::sync::Arc;
 
 /// Store key of the shared fleet key (several controllers).
 const FLEET_KEY_ENTRY: &str = "secrets/fleet-key";
 /// Store key of the shared token-signing seed (several controllers).
 const SIGNING_KEY_ENTRY: &str = "secrets/token-signing-key";
 
-/// The 32-byte key at `entry`, created at random if absent.
-async fn shared_key(store: &dyn Store, entry: &str) -> Result<[u8; 32]> {
+/// The 32-byte key at `entry`, sealed under `master`, created at random if
+/// absent.
+async fn shared_key(store: &dyn Store, master: &MasterKey, entry: &str) -> Result<[u8; 32]> {
     for _ in 0..4 {
         if let Some(kv) = store.get(entry).await? {
-            let hex_key: String = keys::decode(entry, &kv.value)?;
-            return keys::decode_migration_key(entry, &hex_key);
+            let stored: String = keys::decode(entry, &kv.value)?;
+            return master.open(entry, &stored);
         }
-        let fresh = hex::encode(fleetmig_format::keys::generate_key_bytes());
+        let fresh = master.seal(entry, &fleetmig_format::keys::generate_key_bytes());
         let txn = Txn::new()
             .when_absent(entry)
             .put(entry, keys::encode(&fresh));
@@ -44,6 +47,7 @@ pub const SIGNING_KEY_FILE: &str = "token-signing.key";
 pub struct Secrets {
     fleet_key: [u8; 32],
     signer: TokenSigner,
+    master: Arc<MasterKey>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -56,7 +60,7 @@ impl std::fmt::Debug for Secrets {
 
 impl Secrets {
     /// Loads both keys from `data_dir`, creating the missing ones.
-    pub fn load_or_create(data_dir: &Path) -> Result<Secrets> {
+    pub fn load_or_create(data_dir: &Path, master: Arc<MasterKey>) -> Result<Secrets> {
         let fleet_path = data_dir.join(FLEET_KEY_FILE);
         let key_error = |path: &Path, err: String| Error::StoreIo {
             path: path.display().to_string(),
@@ -73,21 +77,29 @@ impl Secrets {
         let signing_path = data_dir.join(SIGNING_KEY_FILE);
         let signer = TokenSigner::load_or_create(&signing_path)
             .map_err(|err| key_error(&signing_path, err.to_string()))?;
-        Ok(Secrets { fleet_key, signer })
+        Ok(Secrets {
+            fleet_key,
+            signer,
+            master,
+        })
     }
 
     /// The keys shared by the controllers of one etcd cluster, kept in the
     /// store under `secrets/` and created by whichever controller comes first
     /// (create-if-absent, so two first starts agree on one pair).
     ///
-    /// They are stored as they are; encrypting them under a master key the
-    /// controllers read from a file is the key-escrow work of issue 7.
-    pub async fn load_or_create_shared(store: &dyn Store) -> Result<Secrets> {
-        let fleet_key = shared_key(store, FLEET_KEY_ENTRY).await?;
-        let seed = shared_key(store, SIGNING_KEY_ENTRY).await?;
+    /// They are stored sealed under `master` ([`crate::escrow`]), which
+    /// every controller of the cluster reads from the same key file.
+    pub async fn load_or_create_shared(
+        store: &dyn Store,
+        master: Arc<MasterKey>,
+    ) -> Result<Secrets> {
+        let fleet_key = shared_key(store, &master, FLEET_KEY_ENTRY).await?;
+        let seed = shared_key(store, &master, SIGNING_KEY_ENTRY).await?;
         Ok(Secrets {
             fleet_key,
             signer: TokenSigner::from_seed(seed),
+            master,
         })
     }
 
@@ -96,7 +108,13 @@ impl Secrets {
         Secrets {
             fleet_key: fleetmig_format::keys::generate_key_bytes(),
             signer: TokenSigner::from_seed(fleetmig_format::keys::generate_key_bytes()),
+            master: Arc::new(MasterKey::ephemeral()),
         }
+    }
+
+    /// The master key escrowed keys are sealed under.
+    pub fn master(&self) -> &MasterKey {
+        &self.master
     }
 
     /// The fleet key.

@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::controller::{Controller, ControllerSettings};
 use crate::enrollment::Trust;
 use crate::error::{Error, Result};
+use crate::escrow::MasterKey;
 use crate::grpc::access::Access;
 use crate::grpc::{
     operator::OperatorApi, peer::PeerApi, storage::StorageRegistryApi, worker::WorkerApi,
@@ -68,12 +69,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         .map_err(|err| Error::InvalidArgument(format!("listener address: {err}")))?;
     let served = if config.store == "embedded" {
         let store = Arc::new(EmbeddedStore::open(&config.data_dir)?);
-        let secrets = Secrets::load_or_create(&config.data_dir)?;
+        let secrets = Secrets::load_or_create(&config.data_dir, master_key(&config)?)?;
         let controller = Controller::open(store, settings(secrets)).await?;
         serve(controller, listener, &config, shutdown).await
     } else {
         let etcd = EtcdStore::connect(EtcdConfig::parse(&config.store)?).await?;
-        let secrets = Secrets::load_or_create_shared(&etcd).await?;
+        let secrets = Secrets::load_or_create_shared(&etcd, master_key(&config)?).await?;
         let me = KnownLeader {
             id: config
                 .controller_id
@@ -125,6 +126,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     served.map(|_| {
         tracing::info!(%local, "controller stopped");
     })
+}
+
+/// The master key of `config`: `--master-key-file` (which must exist), else
+/// `<data-dir>/master.key`, created on first start.
+fn master_key(config: &Config) -> Result<Arc<MasterKey>> {
+    let key = match &config.master_key_file {
+        Some(path) => MasterKey::load(path, false)?,
+        None => MasterKey::load(&config.data_dir.join(crate::escrow::MASTER_KEY_FILE), true)?,
+    };
+    Ok(Arc::new(key))
 }
 
 /// The transport and trust of `config`: mutual TLS with the given files, or
