@@ -37,7 +37,8 @@ fn controller_urls(list: &str) -> anyhow::Result<Vec<String>> {
     Ok(urls)
 }
 
-static TRANSPORT: std::sync::OnceLock<fleetmig_auth::Transport> = std::sync::OnceLock::new();
+static TRANSPORT: std::sync::RwLock<Option<fleetmig_auth::Transport>> =
+    std::sync::RwLock::new(None);
 
 /// Sets the transport of every connection: TLS with `--ca` (and the
 /// operator's `--cert`/`--key`), else plaintext (`http://` URLs only).
@@ -57,14 +58,23 @@ pub fn set_tls(
             fleetmig_auth::Transport::Tls(std::sync::Arc::new(files.load()?))
         }
     };
-    let _ = TRANSPORT.set(transport);
+    set_transport(transport);
     Ok(())
+}
+
+/// Sets the transport of every connection made from now on (the demo sets
+/// its own fleet's).
+pub fn set_transport(transport: fleetmig_auth::Transport) {
+    *TRANSPORT
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(transport);
 }
 
 fn transport() -> fleetmig_auth::Transport {
     TRANSPORT
-        .get()
-        .cloned()
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
         .unwrap_or(fleetmig_auth::Transport::Plaintext)
 }
 

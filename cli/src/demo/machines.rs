@@ -220,11 +220,20 @@ pub async fn pair_up(
     Ok(pairs)
 }
 
+/// What a demo worker enrolls with: the fleet's CA and a bootstrap token.
+pub struct Enrollment {
+    /// The CA certificate (PEM).
+    pub ca: std::path::PathBuf,
+    /// The file holding the bootstrap token.
+    pub token_file: std::path::PathBuf,
+}
+
 /// Starts one `fleetmig-worker agent` per (hostname, machine root).
 pub fn start_agents<'a>(
     machines: impl IntoIterator<Item = (&'a str, &'a Path)>,
     binaries: &Binaries,
     controller_url: &str,
+    enrollment: &Enrollment,
     fleet: &mut Fleet,
 ) -> anyhow::Result<()> {
     for (hostname, root) in machines {
@@ -234,6 +243,10 @@ pub fn start_agents<'a>(
             controller_url.into(),
             "--machine-root".into(),
             root.into(),
+            "--ca".into(),
+            enrollment.ca.clone().into(),
+            "--bootstrap-token-file".into(),
+            enrollment.token_file.clone().into(),
         ];
         let name = format!("worker-{}", hostname.to_lowercase());
         fleet.spawn(&name, &binaries.worker, &args)?;

@@ -126,6 +126,14 @@ async fn drive(
     work_dir: &Path,
     fleet: &mut Fleet,
 ) -> anyhow::Result<Verdict> {
+    // 0. The demo fleet's CA and certificates: everything below talks mutual TLS.
+    let pki = work_dir.join("pki");
+    fleetmig_auth::pki::init_dir(&pki, &[])?;
+    let pem = |name: &str| pki.join(name).into_os_string();
+    crate::client::set_transport(fleetmig_auth::Transport::Tls(std::sync::Arc::new(
+        fleetmig_auth::tls::TlsFiles::in_dir(&pki, "admin").load()?,
+    )));
+
     // 1. Controller.
     let controller_ready = work_dir.join("controller.addr");
     fleet.spawn(
@@ -140,13 +148,23 @@ async fn drive(
             controller_ready.clone().into(),
             "--checkin-interval-ms".into(),
             CHECKIN_INTERVAL_MS.to_string().into(),
+            "--ca".into(),
+            pem("ca.pem"),
+            "--cert".into(),
+            pem("controller.pem"),
+            "--key".into(),
+            pem("controller.key"),
+            "--ca-key".into(),
+            pem("ca.key"),
         ]),
     )?;
     let controller_addr = fleet
         .wait_for_ready_file("controller", &controller_ready, READY_TIMEOUT)
         .await?;
-    let controller_url = format!("http://{controller_addr}");
-    output::emit(&format!("controller listening on {controller_url}"))?;
+    let controller_url = format!("https://{controller_addr}");
+    output::emit(&format!(
+        "controller listening on {controller_url} (mutual TLS)"
+    ))?;
 
     // 2. Storage node.
     let storage_ready = work_dir.join("storage.addr");
@@ -164,12 +182,39 @@ async fn drive(
             "hq".into(),
             "--ready-file".into(),
             storage_ready.clone().into(),
+            "--ca".into(),
+            pem("ca.pem"),
+            "--cert".into(),
+            pem("storage-node.pem"),
+            "--key".into(),
+            pem("storage-node.key"),
         ]),
     )?;
     let storage_addr = fleet
         .wait_for_ready_file("storage-node", &storage_ready, READY_TIMEOUT)
         .await?;
-    output::emit(&format!("storage node listening on http://{storage_addr}"))?;
+    output::emit(&format!("storage node listening on https://{storage_addr}"))?;
+
+    // Workers enroll with a bootstrap token (one use per machine).
+    let machine_count = args.machines + 2 * args.replace_pairs;
+    let token = client::connect(&controller_url)
+        .await?
+        .create_enrollment_token(fleetmig_proto::v1::CreateEnrollmentTokenRequest {
+            uses: machine_count.max(1),
+            ttl_secs: 3600,
+        })
+        .await
+        .map_err(|status| rpc_error(&controller_url, "create an enrollment token", &status))?
+        .into_inner()
+        .token;
+    let token_file = pki.join("bootstrap.token");
+    tokio::fs::write(&token_file, token)
+        .await
+        .with_context(|| format!("cannot write {}", token_file.display()))?;
+    let enrollment = machines::Enrollment {
+        ca: pki.join("ca.pem"),
+        token_file,
+    };
 
     // 3. Machines and their agents.
     let mut specs = machines::refresh_specs(args.machines);
@@ -186,7 +231,7 @@ async fn drive(
                 (pair.destination.as_str(), pair.destination_root.as_path()),
             ]
         }));
-    machines::start_agents(agents, binaries, &controller_url, fleet)?;
+    machines::start_agents(agents, binaries, &controller_url, &enrollment, fleet)?;
     let hostnames: Vec<String> = machines.iter().map(|m| m.hostname.clone()).collect();
     let enrolling: Vec<String> = hostnames
         .iter()

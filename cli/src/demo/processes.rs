@@ -84,8 +84,8 @@ fn command(program: &Path, args: &[OsString], log_path: &Path) -> anyhow::Result
     let mut command = Command::new(program);
     command
         .args(args)
-        // The local demo runs on loopback without TLS (issue 7 brings it TLS).
-        .env("FLEETMIG_INSECURE_PLAINTEXT", "true")
+        // Whatever the caller's environment says, the demo runs mutual TLS.
+        .env_remove("FLEETMIG_INSECURE_PLAINTEXT")
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)
