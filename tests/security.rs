@@ -313,6 +313,21 @@ async fn mutual_tls_enrollment_roles_and_revocation() {
         .into_inner();
     assert!(pending.pending_approval && pending.certificate_pem.is_empty());
 
+    // Unauthenticated enrollment is rate limited per address.
+    let mut limited = 0;
+    for _ in 0..80 {
+        match anonymous_worker.enroll(enroll_with("nope".into())).await {
+            Err(status) if status.code() == Code::ResourceExhausted => limited += 1,
+            Err(status) => assert_eq!(status.code(), Code::Unauthenticated, "{status:?}"),
+            Ok(response) => panic!("an unknown token enrolled: {response:?}"),
+        }
+    }
+    eprintln!("80 quick enrollments with a bad token: {limited} rate limited");
+    assert!(
+        limited > 0,
+        "80 enrollments in a burst were never rate limited"
+    );
+
     // Revoked: refused at once.
     admin_client
         .revoke_machine(MachineRequest {

@@ -16,17 +16,42 @@ use tonic::{Request, Status};
 
 use crate::enrollment::{EnrollCaller, Trust};
 
+/// Anonymous enrollments allowed per peer address and second, and their
+/// burst (a site behind one NAT address enrolls many machines at once).
+const ENROLLMENTS_PER_SECOND: u32 = 10;
+/// See [`ENROLLMENTS_PER_SECOND`].
+const ENROLLMENT_BURST: u32 = 50;
+
+type EnrollLimiter = governor::DefaultKeyedRateLimiter<std::net::IpAddr>;
+
 /// The access policy of one controller.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Access {
     tls: bool,
     trust: Arc<Trust>,
+    enrollments: Arc<EnrollLimiter>,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Access {
     /// The policy of a controller with TLS on (`tls`) or plaintext.
     pub fn new(tls: bool, trust: Arc<Trust>) -> Self {
-        Self { tls, trust }
+        let quota = governor::Quota::per_second(
+            std::num::NonZeroU32::new(ENROLLMENTS_PER_SECOND).expect("nonzero"),
+        )
+        .allow_burst(std::num::NonZeroU32::new(ENROLLMENT_BURST).expect("nonzero"));
+        Self {
+            tls,
+            trust,
+            enrollments: Arc::new(governor::RateLimiter::keyed(quota)),
+        }
     }
 
     /// The caller's verified certificate: `None` without one (plaintext,
@@ -92,12 +117,24 @@ impl Access {
             return Ok(EnrollCaller::Plaintext);
         }
         match self.peer(request)? {
-            None => Ok(EnrollCaller::Anonymous {
-                peer_address: request
-                    .remote_addr()
-                    .map(|addr| addr.to_string())
-                    .unwrap_or_default(),
-            }),
+            None => {
+                let addr = request.remote_addr();
+                if let Some(addr) = addr
+                    && self.enrollments.check_key(&addr.ip()).is_err()
+                {
+                    return Err(Status::resource_exhausted(format!(
+                        "too many enrollments from {}: at most {ENROLLMENTS_PER_SECOND} a \
+                         second (burst {ENROLLMENT_BURST}); retry later",
+                        addr.ip()
+                    )));
+                }
+                if self.enrollments.len() > 100_000 {
+                    self.enrollments.retain_recent();
+                }
+                Ok(EnrollCaller::Anonymous {
+                    peer_address: addr.map(|addr| addr.to_string()).unwrap_or_default(),
+                })
+            }
             Some(PeerCert {
                 identity: PeerIdentity::Machine(id),
                 ..
