@@ -13,10 +13,12 @@ use std::time::{Duration, Instant};
 use fleetmig_auth::Transport;
 use fleetmig_auth::tls::TlsFiles;
 use fleetmig_proto::v1::operator_service_client::OperatorServiceClient;
+use fleetmig_proto::v1::storage_node_client::StorageNodeClient;
 use fleetmig_proto::v1::worker_service_client::WorkerServiceClient;
 use fleetmig_proto::v1::{
-    CheckInRequest, CreateEnrollmentTokenRequest, EnrollRequest, Inventory, ListMachinesRequest,
-    MachineRequest, StatusRequest, WaveRequest,
+    Capability, CapabilityRole, CheckInRequest, CreateEnrollmentTokenRequest, EnrollRequest,
+    GetCapacityRequest, GetManifestRequest, Inventory, ListMachinesRequest, MachineRequest,
+    SignedCapability, StatusRequest, WaveRequest,
 };
 use fleetmig_tests::bin;
 use tokio::process::{Child, Command};
@@ -246,6 +248,82 @@ async fn mutual_tls_enrollment_roles_and_revocation() {
     .await
     .expect_err("a machine is no operator");
     assert_eq!(operator_call.code(), Code::PermissionDenied);
+
+    // A storage node on mutual TLS: a machine's certificate cannot carry a
+    // token issued to another machine (refused before its signature is even
+    // checked), and a token it forged for itself does not verify.
+    let node_ready = root.path().join("node.ready");
+    let node_log = root.path().join("node.log");
+    let node_data = root.path().join("storage").into_os_string();
+    let node_ready_arg = node_ready.clone().into_os_string();
+    let _node = spawn(
+        &bin("fleetmig-storage-node"),
+        &[
+            "--listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--data-dir".as_ref(),
+            &node_data,
+            "--ready-file".as_ref(),
+            &node_ready_arg,
+            "--controller".as_ref(),
+            &url_arg,
+            "--ca".as_ref(),
+            &file("ca.pem"),
+            "--cert".as_ref(),
+            &file("storage-node.pem"),
+            "--key".as_ref(),
+            &file("storage-node.key"),
+        ],
+        &node_log,
+    );
+    let node_addr = wait_for_file(&node_ready, &node_log).await;
+    let node_url = format!("https://{node_addr}");
+    let plaintext_node = match StorageNodeClient::connect(format!("http://{node_addr}")).await {
+        Err(err) => format!("connect refused: {err}"),
+        Ok(mut client) => {
+            let status = client
+                .get_capacity(GetCapacityRequest {})
+                .await
+                .expect_err("the node refuses plaintext");
+            format!("{:?}: {}", status.code(), status.message())
+        }
+    };
+    eprintln!("plaintext client of the storage node: {plaintext_node}");
+    let mut node_as_machine = StorageNodeClient::new(
+        machine_transport
+            .endpoint(&node_url)
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("a fleet certificate connects to the node"),
+    );
+    let forged = |machine: &str| {
+        Some(SignedCapability {
+            claims: prost::Message::encode_to_vec(&Capability {
+                machine_id: machine.to_string(),
+                migration_id: "m1".into(),
+                role: CapabilityRole::Restore.into(),
+                expires_unix_ms: i64::MAX,
+                ..Capability::default()
+            }),
+            signature: vec![0; 64],
+        })
+    };
+    let stolen = node_as_machine
+        .get_manifest(GetManifestRequest {
+            token: forged("another-machine"),
+        })
+        .await
+        .expect_err("another machine's token is refused");
+    assert_eq!(stolen.code(), Code::PermissionDenied, "{stolen:?}");
+    let own_forgery = node_as_machine
+        .get_manifest(GetManifestRequest {
+            token: forged(&machine_id),
+        })
+        .await
+        .expect_err("a forged token is refused");
+    assert_ne!(own_forgery.code(), Code::Ok);
+    eprintln!("forged token of its own machine: {own_forgery:?}");
 
     // A viewer reads but cannot abort; the token was one-time.
     let mut viewer = operator(&tls(&pki, "viewer"), &url).await;

@@ -58,6 +58,43 @@ impl StorageNodeService {
 
 /// Logs a refused call (at debug: refusals are the caller's business) and
 /// converts it.
+/// The machine a TLS peer's certificate names, if it is a machine (workers);
+/// `None` for controllers, other nodes and plaintext peers.
+fn peer_machine<T>(request: &Request<T>) -> Result<Option<String>, Status> {
+    match fleetmig_auth::identity::peer_cert(request) {
+        None => Ok(None),
+        Some(Err(err)) => Err(Status::unauthenticated(format!(
+            "client certificate: {err}"
+        ))),
+        Some(Ok(cert)) => match cert.identity {
+            fleetmig_auth::PeerIdentity::Machine(id) => Ok(Some(id)),
+            _ => Ok(None),
+        },
+    }
+}
+
+/// A worker may present only tokens issued to its own machine: a token
+/// stolen from another machine is refused (its signature is checked later,
+/// by the node).
+fn bind_token(
+    machine: Option<&str>,
+    token: Option<&fleetmig_proto::v1::SignedCapability>,
+) -> Result<(), Status> {
+    let (Some(machine), Some(token)) = (machine, token) else {
+        return Ok(());
+    };
+    let claims =
+        <fleetmig_proto::v1::Capability as prost::Message>::decode(token.claims.as_slice())
+            .map_err(|err| Status::unauthenticated(format!("malformed capability token: {err}")))?;
+    if claims.machine_id != machine {
+        return Err(Status::permission_denied(format!(
+            "the certificate of machine {machine} cannot use a token issued to machine {}",
+            claims.machine_id
+        )));
+    }
+    Ok(())
+}
+
 fn refused(call: &'static str, err: Error) -> Status {
     tracing::debug!(call, error = %err, "refused");
     Status::from(err)
@@ -83,7 +120,9 @@ impl StorageNode for StorageNodeService {
         &self,
         request: Request<ReserveRequest>,
     ) -> Result<Response<ReserveResponse>, Status> {
+        let machine = peer_machine(&request)?;
         let request = request.into_inner();
+        bind_token(machine.as_deref(), request.token.as_ref())?;
         let reservation = self
             .node
             .reserve(request.token.as_ref(), request.bytes, request.lease_ms)
@@ -99,7 +138,9 @@ impl StorageNode for StorageNodeService {
         &self,
         request: Request<MissingChunksRequest>,
     ) -> Result<Response<MissingChunksResponse>, Status> {
+        let machine = peer_machine(&request)?;
         let request = request.into_inner();
+        bind_token(machine.as_deref(), request.token.as_ref())?;
         let missing = self
             .node
             .missing_chunks(request.token.as_ref(), &request.chunk_ids)
@@ -112,17 +153,27 @@ impl StorageNode for StorageNodeService {
         &self,
         request: Request<Streaming<PutChunkRequest>>,
     ) -> Result<Response<PutChunksResponse>, Status> {
-        let uploads = request.into_inner().map(|message| {
+        let machine = peer_machine(&request)?;
+        let uploads = request.into_inner().map(move |message| {
             message
+                .map_err(|status| Error::UploadStream {
+                    code: status.code(),
+                    message: status.message().to_owned(),
+                })
+                .and_then(|m| {
+                    bind_token(machine.as_deref(), m.token.as_ref()).map_err(|status| {
+                        Error::UploadStream {
+                            code: status.code(),
+                            message: status.message().to_owned(),
+                        }
+                    })?;
+                    Ok(m)
+                })
                 .map(|m| ChunkUpload {
                     token: m.token,
                     chunk_id: m.chunk_id,
                     checksum: m.checksum,
                     data: m.data,
-                })
-                .map_err(|status| Error::UploadStream {
-                    code: status.code(),
-                    message: status.message().to_owned(),
                 })
         });
         let summary = self
@@ -141,7 +192,9 @@ impl StorageNode for StorageNodeService {
         &self,
         request: Request<CommitRequest>,
     ) -> Result<Response<CommitResponse>, Status> {
+        let machine = peer_machine(&request)?;
         let request = request.into_inner();
+        bind_token(machine.as_deref(), request.token.as_ref())?;
         let input = CommitInput {
             manifest: request.manifest,
             chunk_ids: request.chunk_ids,
@@ -163,7 +216,9 @@ impl StorageNode for StorageNodeService {
         &self,
         request: Request<GetManifestRequest>,
     ) -> Result<Response<GetManifestResponse>, Status> {
+        let machine = peer_machine(&request)?;
         let request = request.into_inner();
+        bind_token(machine.as_deref(), request.token.as_ref())?;
         let (manifest, manifest_digest) = self
             .node
             .manifest(request.token.as_ref())
@@ -181,7 +236,9 @@ impl StorageNode for StorageNodeService {
         &self,
         request: Request<GetChunksRequest>,
     ) -> Result<Response<Self::GetChunksStream>, Status> {
+        let machine = peer_machine(&request)?;
         let request = request.into_inner();
+        bind_token(machine.as_deref(), request.token.as_ref())?;
         let chunks = self
             .node
             .chunks(request.token.as_ref(), &request.chunk_ids)
@@ -201,7 +258,9 @@ impl StorageNode for StorageNodeService {
         &self,
         request: Request<ReplicateRequest>,
     ) -> Result<Response<ReplicateResponse>, Status> {
+        let machine = peer_machine(&request)?;
         let request = request.into_inner();
+        bind_token(machine.as_deref(), request.token.as_ref())?;
         let summary = self
             .node
             .replicate(
@@ -227,7 +286,9 @@ impl StorageNode for StorageNodeService {
         &self,
         request: Request<ListMigrationsRequest>,
     ) -> Result<Response<ListMigrationsResponse>, Status> {
+        let machine = peer_machine(&request)?;
         let request = request.into_inner();
+        bind_token(machine.as_deref(), request.token.as_ref())?;
         let page = self
             .node
             .list_migrations(request.token.as_ref(), &request.start_after, request.limit)
@@ -251,7 +312,9 @@ impl StorageNode for StorageNodeService {
         &self,
         request: Request<ReleaseRequest>,
     ) -> Result<Response<ReleaseResponse>, Status> {
+        let machine = peer_machine(&request)?;
         let request = request.into_inner();
+        bind_token(machine.as_deref(), request.token.as_ref())?;
         let released = self
             .node
             .release(request.token.as_ref())
