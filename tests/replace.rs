@@ -65,10 +65,16 @@ async fn replace_wave_restores_on_the_associated_destinations() {
     let jobs = job_ids_by_hostname(&cluster.status("swap").await);
     assert_eq!(jobs.len(), 3, "one job per pair: {jobs:?}");
 
-    // The intruder never gets a job, and cannot report on one.
-    let mut worker_api = WorkerServiceClient::connect(cluster.controller().url())
+    // The intruder never gets a job, and cannot report on one (with its own certificate).
+    let channel = cluster
+        .pki()
+        .machine(&intruder)
+        .endpoint(&cluster.controller().url())
+        .expect("endpoint")
+        .connect()
         .await
         .expect("worker API reachable");
+    let mut worker_api = WorkerServiceClient::new(channel);
     let check_in = worker_api
         .check_in(CheckInRequest {
             machine_id: ids["W7-X"].clone(),

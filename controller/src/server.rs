@@ -133,6 +133,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
 fn master_key(config: &Config) -> Result<Arc<MasterKey>> {
     let key = match &config.master_key_file {
         Some(path) => MasterKey::load(path, false)?,
+        None if config.store != "embedded" => {
+            return Err(Error::InvalidArgument(
+                "--master-key-file is required with --store etcd://...: every controller of \
+                 the cluster must read the same master key"
+                    .into(),
+            ));
+        }
         None => MasterKey::load(&config.data_dir.join(crate::escrow::MASTER_KEY_FILE), true)?,
     };
     Ok(Arc::new(key))

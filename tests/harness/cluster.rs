@@ -14,6 +14,7 @@ use tonic::transport::Channel;
 
 use crate::etcd::EtcdCluster;
 use crate::ha::{HaController, NO_LEADER_HINT};
+use crate::pki::TestPki;
 use crate::process::{ChildProcess, LiveChildren, bin, log_tail};
 
 /// Set (to anything) to keep every test's directory; it is also kept when a test fails.
@@ -48,6 +49,8 @@ pub struct Cluster {
     pub(crate) ha: Vec<HaController>,
     /// Index into `ha` of the controller last found leading ([`NO_LEADER_HINT`]: none).
     pub(crate) leader_hint: AtomicUsize,
+    /// The fleet's CA and certificates: every process talks mutual TLS.
+    pub(crate) pki: TestPki,
 }
 
 /// How to start one controller process: where its files go and its own arguments.
@@ -66,13 +69,15 @@ pub(crate) struct StartingController {
     child: ChildProcess,
     ready_file: PathBuf,
     data_dir: PathBuf,
+    pki: TestPki,
 }
 
 impl StartingController {
     /// Waits until it serves; an error with its log tail when it exits or takes too long.
     pub(crate) async fn ready(mut self) -> Result<ControllerHandle, String> {
         let addr = wait_for_ready_file(&mut self.child, &self.ready_file).await?;
-        let client = connect_operator(&format!("http://{addr}")).await?;
+        let client = connect_operator(self.pki.admin(), &format!("https://{addr}")).await?;
+        write_bootstrap_token(client.clone(), &self.pki).await?;
         Ok(ControllerHandle {
             addr,
             data_dir: self.data_dir,
@@ -97,7 +102,7 @@ pub struct ControllerHandle {
 impl ControllerHandle {
     /// The URL workers and clients connect to.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("https://{}", self.addr)
     }
 
     /// An operator API client connected to it.
@@ -115,15 +120,18 @@ pub struct WorkerHandle {
     pub child: ChildProcess,
     name: String,
     controller_url: String,
+    tls_args: Vec<OsString>,
     log_path: PathBuf,
     live: LiveChildren,
 }
 
 impl WorkerHandle {
+    #[allow(clippy::too_many_arguments)]
     fn spawn(
         name: String,
         machine_root: PathBuf,
         controller_url: String,
+        tls_args: Vec<OsString>,
         extra_args: &[&str],
         log_path: PathBuf,
         live: LiveChildren,
@@ -135,6 +143,7 @@ impl WorkerHandle {
             "--machine-root".into(),
             machine_root.clone().into(),
         ];
+        args.extend(tls_args.iter().cloned());
         args.extend(extra_args.iter().map(OsString::from));
         let child = ChildProcess::spawn(&name, &bin("fleetmig-worker"), &args, &log_path, &live);
         WorkerHandle {
@@ -142,6 +151,7 @@ impl WorkerHandle {
             child,
             name,
             controller_url,
+            tls_args,
             log_path,
             live,
         }
@@ -160,6 +170,7 @@ impl WorkerHandle {
             self.name.clone(),
             self.machine_root.clone(),
             self.controller_url.clone(),
+            self.tls_args.clone(),
             extra_args,
             self.log_path.clone(),
             self.live.clone(),
@@ -184,7 +195,9 @@ impl Cluster {
             std::fs::create_dir_all(root.join(sub))
                 .unwrap_or_else(|err| panic!("cannot create {}: {err}", root.join(sub).display()));
         }
+        let pki = TestPki::create(&root.join("pki"));
         Cluster {
+            pki,
             dir: Some(dir),
             root,
             live: LiveChildren::default(),
@@ -351,6 +364,7 @@ impl Cluster {
             "--heartbeat-ms".into(),
             "500".into(),
         ];
+        args.extend(self.pki.controller_args());
         args.extend(launch.extra_args.iter().cloned());
         let child = ChildProcess::spawn(
             &launch.name,
@@ -363,6 +377,7 @@ impl Cluster {
             child,
             ready_file,
             data_dir,
+            pki: self.pki.clone(),
         }
     }
 
@@ -380,10 +395,16 @@ impl Cluster {
             name.clone(),
             machine_root.to_path_buf(),
             self.controller_urls(),
+            self.pki.worker_args(),
             extra_args,
             self.log_path(&name),
             self.live.clone(),
         )
+    }
+
+    /// The fleet's CA and certificates.
+    pub fn pki(&self) -> &TestPki {
+        &self.pki
     }
 
     /// The last lines of every child's log, for failure messages.
@@ -481,11 +502,17 @@ pub(crate) async fn wait_for_ready_file(
 }
 
 /// Connects an operator client to `url`, retrying until the server answers.
-pub(crate) async fn connect_operator(url: &str) -> Result<OperatorServiceClient<Channel>, String> {
+pub(crate) async fn connect_operator(
+    transport: &fleetmig_auth::Transport,
+    url: &str,
+) -> Result<OperatorServiceClient<Channel>, String> {
     let deadline = Instant::now() + Duration::from_secs(15);
+    let endpoint = transport
+        .endpoint(url)
+        .map_err(|err| format!("controller url {url}: {err}"))?;
     loop {
-        match OperatorServiceClient::connect(url.to_owned()).await {
-            Ok(client) => return Ok(client),
+        match endpoint.connect().await {
+            Ok(channel) => return Ok(OperatorServiceClient::new(channel)),
             Err(err) if Instant::now() < deadline => {
                 eprintln!("harness: connecting to {url} failed, retrying: {err}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -493,4 +520,28 @@ pub(crate) async fn connect_operator(url: &str) -> Result<OperatorServiceClient<
             Err(err) => return Err(format!("cannot connect to the controller at {url}: {err}")),
         }
     }
+}
+
+/// Creates a bootstrap token for the workers (many uses, an hour) and keeps it in the
+/// PKI directory, where every worker's `--bootstrap-token-file` points.
+async fn write_bootstrap_token(
+    mut client: OperatorServiceClient<Channel>,
+    pki: &TestPki,
+) -> Result<(), String> {
+    // A new one at every controller start: a controller that lost its store no longer
+    // knows the old one.
+    let path = pki.token_file();
+    let token = client
+        .create_enrollment_token(fleetmig_proto::v1::CreateEnrollmentTokenRequest {
+            uses: 100_000,
+            ttl_secs: 3600,
+        })
+        .await
+        .map_err(|status| format!("cannot create a bootstrap token: {status:?}"))?
+        .into_inner()
+        .token;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, token)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|err| format!("cannot write {}: {err}", path.display()))
 }

@@ -18,6 +18,7 @@ mod journal;
 mod machine;
 mod nodes;
 mod operator;
+mod pki;
 mod process;
 mod store;
 
@@ -38,5 +39,6 @@ pub use machine::{
 };
 pub use nodes::{StorageNodeHandle, chunk_files};
 pub use operator::{refresh_plan, replace_plan, wait_for};
+pub use pki::TestPki;
 pub use process::{ChildProcess, bin, log_tail};
 pub use store::{StoreInspection, inspect_store, store_dir};

@@ -9,6 +9,7 @@ use fleetmig_proto::v1::storage_node_client::StorageNodeClient;
 use fleetmig_proto::v1::{CapacityReport, GetCapacityRequest};
 
 use crate::cluster::{Cluster, wait_for_ready_file};
+use crate::pki::TestPki;
 use crate::process::{ChildProcess, LiveChildren, bin};
 
 /// How long a restarted node may take to get its old port back.
@@ -30,6 +31,7 @@ pub struct StorageNodeHandle {
     controller_url: String,
     log_path: PathBuf,
     live: LiveChildren,
+    pki: TestPki,
 }
 
 /// Everything needed to (re)start a node process.
@@ -41,6 +43,7 @@ struct Launch {
     controller_url: String,
     log_path: PathBuf,
     live: LiveChildren,
+    pki: TestPki,
 }
 
 impl StorageNodeHandle {
@@ -53,6 +56,7 @@ impl StorageNodeHandle {
             controller_url,
             log_path,
             live,
+            pki,
         } = launch;
         let (name, site) = (name.as_str(), site.as_str());
         let ready_file = data_dir.with_extension("ready");
@@ -69,6 +73,7 @@ impl StorageNodeHandle {
             "--ready-file".into(),
             ready_file.clone().into(),
         ];
+        args.extend(pki.storage_args());
         args.extend(extra_args.iter().map(OsString::from));
         let mut child = ChildProcess::spawn(
             &format!("node-{name}"),
@@ -87,12 +92,13 @@ impl StorageNodeHandle {
             controller_url,
             log_path,
             live,
+            pki,
         })
     }
 
     /// The node's gRPC address.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("https://{}", self.addr)
     }
 
     /// Sends SIGKILL and waits until the process is gone.
@@ -114,6 +120,7 @@ impl StorageNodeHandle {
                 controller_url: self.controller_url.clone(),
                 log_path: self.log_path.clone(),
                 live: self.live.clone(),
+                pki: self.pki.clone(),
             };
             match StorageNodeHandle::spawn(launch, extra_args).await {
                 Ok(handle) => {
@@ -155,8 +162,15 @@ impl StorageNodeHandle {
     /// # Panics
     /// When the node does not answer.
     pub async fn capacity(&self) -> CapacityReport {
-        let mut client = StorageNodeClient::connect(self.url())
+        let endpoint = self
+            .pki
+            .admin()
+            .endpoint(&self.url())
+            .unwrap_or_else(|err| panic!("node url {}: {err}", self.url()));
+        let mut client = endpoint
+            .connect()
             .await
+            .map(StorageNodeClient::new)
             .unwrap_or_else(|err| {
                 panic!(
                     "cannot connect to node {} at {}: {err}",
@@ -218,6 +232,7 @@ impl Cluster {
             controller_url: self.controller_urls(),
             log_path: self.log_path(&format!("node-{name}")),
             live: self.live_children(),
+            pki: self.pki.clone(),
         };
         StorageNodeHandle::spawn(launch, extra_args)
             .await

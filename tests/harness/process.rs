@@ -326,8 +326,8 @@ fn command(program: &Path, args: &[OsString], log_path: &Path) -> Command {
     command
         .args(args)
         .env("RUST_LOG", CHILD_RUST_LOG)
-        // The suite's processes talk plaintext; tests/security.rs runs them over mTLS.
-        .env("FLEETMIG_INSECURE_PLAINTEXT", "true")
+        // Every process of the suite talks mutual TLS (see pki.rs).
+        .env_remove("FLEETMIG_INSECURE_PLAINTEXT")
         .stdin(Stdio::null())
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(log))
