@@ -394,16 +394,23 @@ async fn a_leader_paused_past_its_lease_is_fenced() {
     let events = cluster.audit_log("").await;
     let old_actor = format!("controller:{}", old.controller_id);
     let new_actor = format!("controller:{}", new.controller_id);
+    // The new term starts with its epoch bump; the new leader may have led before.
+    let term_start = format!("leads from epoch {} ", new.epoch);
     let first_new = events
         .iter()
-        .filter(|event| event.actor == new_actor)
+        .filter(|event| {
+            event.actor == new_actor
+                && event.kind == "controller.leader"
+                && event.detail.contains(&term_start)
+        })
         .map(|event| event.seq)
         .min()
         .unwrap_or_else(|| {
             panic!(
-                "the new leader {} admitted pending jobs, yet no audit event has the actor \
-                 {new_actor:?}:{}",
+                "the new leader {} took over with epoch {}, yet no controller.leader event \
+                 of {new_actor:?} says so:{}",
                 new.controller_id,
+                new.epoch,
                 describe_events(&events)
             )
         });
@@ -418,13 +425,13 @@ async fn a_leader_paused_past_its_lease_is_fenced() {
         .cloned()
         .collect();
     eprintln!(
-        "audit: {} events by {old_actor} (last #{}), the first by {new_actor} is #{first_new}",
+        "audit: {} events by {old_actor} (last #{}); the new term of {new_actor} starts at #{first_new}",
         old_events.len(),
         old_events.iter().max().copied().unwrap_or_default()
     );
     assert!(
         late.is_empty(),
-        "the paused leader {} wrote after the new leader's first event #{first_new}:{}",
+        "the paused leader {} wrote after the new term started at #{first_new}:{}",
         old.controller_id,
         describe_events(&late)
     );

@@ -24,7 +24,7 @@ pub struct Config {
     #[arg(long, env = "FLEETMIG_CONTROLLER_ID")]
     pub controller_id: Option<String>,
     /// URL the other controllers reach this one at (etcd). Default:
-    /// `http://<bound listen address>`.
+    /// `https://<bound listen address>` (`http://` with --insecure-plaintext).
     #[arg(long, env = "FLEETMIG_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
     /// Lease TTL of the leadership, in seconds (etcd): a dead leader is

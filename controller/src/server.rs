@@ -83,7 +83,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
             url: config
                 .advertise_url
                 .clone()
-                .unwrap_or_else(|| format!("http://{local}")),
+                .unwrap_or_else(|| format!("{}://{local}", transport.scheme())),
         };
         if !crate::controller::is_valid_id(&me.id) {
             return Err(Error::InvalidArgument(format!(
