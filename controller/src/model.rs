@@ -318,6 +318,21 @@ impl Job {
         Some((placement.wanted(), placement.holders(true)))
     }
 
+    /// [`Job::copies`] with the holders among `live` nodes:
+    /// `(wanted, holders, live holders)`.
+    pub fn live_copies(
+        &self,
+        live: &std::collections::HashSet<String>,
+    ) -> Option<(u32, Vec<String>, Vec<String>)> {
+        let (wanted, holders) = self.copies()?;
+        let live_holders = holders
+            .iter()
+            .filter(|holder| live.contains(*holder))
+            .cloned()
+            .collect();
+        Some((wanted, holders, live_holders))
+    }
+
     /// Whether `machine_id` takes part in the job (source or destination).
     pub fn involves(&self, machine_id: &str) -> bool {
         self.machine_id == machine_id

@@ -1041,12 +1041,7 @@ impl Controller {
             .values()
             .filter_map(|job| {
                 let job = &job.value;
-                let (wanted, holders) = job.copies()?;
-                let live_holders: Vec<String> = holders
-                    .iter()
-                    .filter(|holder| live.contains(*holder))
-                    .cloned()
-                    .collect();
+                let (wanted, holders, live_holders) = job.live_copies(&live)?;
                 (live_holders.len() < wanted as usize).then(|| UnderReplicatedView {
                     migration_id: job.id.clone(),
                     wave: job.wave.clone(),

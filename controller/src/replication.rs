@@ -160,12 +160,7 @@ impl Controller {
             .values()
             .filter_map(|job| {
                 let job = &job.value;
-                let (wanted, holders) = job.copies()?;
-                let live_holders: Vec<String> = holders
-                    .iter()
-                    .filter(|holder| live.contains(*holder))
-                    .cloned()
-                    .collect();
+                let (wanted, holders, live_holders) = job.live_copies(live)?;
                 let short = live_holders.len() < wanted as usize && !live_holders.is_empty();
                 short.then(|| Shortfall {
                     job_id: job.id.clone(),
