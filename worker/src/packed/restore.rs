@@ -112,6 +112,13 @@ pub fn map_users(
     mut manifest: PackedManifest,
     user_map: &BTreeMap<String, String>,
 ) -> Result<PackedManifest> {
+    if user_map.contains_key("") {
+        // Machine-wide entries have no user: an empty name would move them
+        // into a profile (found by the restore_paths fuzz target).
+        return Err(Error::BadArguments(
+            "user map source \"\" names no user".to_string(),
+        ));
+    }
     for new in user_map.values() {
         let plain =
             !new.is_empty() && !new.contains('/') && super::select::unrepresentable(new).is_none();
@@ -557,5 +564,10 @@ mod tests {
             let map: BTreeMap<String, String> = [("alice".into(), bad.into())].into();
             assert!(map_users(manifest.clone(), &map).is_err(), "{bad:?}");
         }
+        let machine_wide: BTreeMap<String, String> = [(String::new(), "asmith".into())].into();
+        assert!(
+            map_users(manifest.clone(), &machine_wide).is_err(),
+            "an empty source name would move machine-wide entries into a profile"
+        );
     }
 }
